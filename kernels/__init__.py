@@ -1,0 +1,1 @@
+"""Triton kernels and their torch fallbacks; installed as ``weakstrong.kernels``."""

@@ -1,0 +1,31 @@
+"""weakstrong — post-training methods that make small models strong.
+
+Heavy submodules (trainers) are imported lazily so that ``import weakstrong`` stays fast.
+"""
+
+from __future__ import annotations
+
+import importlib
+
+__version__ = "0.1.0"
+
+_LAZY = {
+    "load_default_model": "weakstrong.models",
+    "load_model": "weakstrong.models",
+    "tiny_model": "weakstrong.models",
+    "load_embedder": "weakstrong.models",
+    "MeetingRoomsTask": "weakstrong.tasks",
+    "ArithmeticTask": "weakstrong.tasks",
+}
+
+__all__ = sorted(_LAZY) + ["__version__"]
+
+
+def __getattr__(name: str):
+    if name in _LAZY:
+        return getattr(importlib.import_module(_LAZY[name]), name)
+    raise AttributeError(f"module 'weakstrong' has no attribute {name!r}")
+
+
+def __dir__():
+    return __all__
