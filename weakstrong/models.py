@@ -183,7 +183,7 @@ def _tiny_corpus() -> list[str]:
 
     texts = []
     for task in (MeetingRoomsTask(), ArithmeticTask()):
-        ds = task.generate(60, seed=0)
+        ds = task.generate(60, seed=0, format="text")
         texts += [r["prompt"] + r["completion"] for r in ds]
     texts += ["The capital of France is Paris.", "system user assistant", "Hello, how are you today?"]
     return texts
