@@ -1,0 +1,173 @@
+import random
+import re
+from collections import Counter
+
+import pytest
+
+from weakstrong.tasks import ArithmeticTask, MeetingRoomsTask, get_task, peak_concurrency, schedulable
+
+
+def brute_force_schedulable(meetings, rooms):
+    """Independent check: count meetings in progress at every integer time point (intervals [s, e))."""
+    lo, hi = min(s for s, _ in meetings), max(e for _, e in meetings)
+    return all(sum(s <= t < e for s, e in meetings) <= rooms for t in range(lo, hi))
+
+
+def test_ground_truth_matches_brute_force_on_thousands_of_problems():
+    rng = random.Random(7)
+    for _ in range(5000):
+        k = rng.randint(1, 8)
+        meetings = []
+        for _ in range(k):
+            s = rng.randint(0, 12)
+            meetings.append((s, s + rng.randint(1, 5)))
+        rooms = rng.randint(1, 5)
+        assert schedulable(meetings, rooms) == brute_force_schedulable(meetings, rooms), (meetings, rooms)
+
+
+def test_back_to_back_meetings_do_not_conflict():
+    assert peak_concurrency([(9, 10), (10, 11), (11, 12)])[0] == 1
+    assert schedulable([(9, 10), (10, 11)], rooms=1)
+    assert not schedulable([(9, 11), (10, 11)], rooms=1)
+
+
+@pytest.mark.parametrize("difficulty", ["easy", "medium", "hard"])
+def test_balanced_labels_per_difficulty_including_easy(difficulty):
+    ds = MeetingRoomsTask().generate(600, seed=3, difficulty=difficulty)
+    share_yes = sum(r["answer"] == "YES" for r in ds) / len(ds)
+    assert abs(share_yes - 0.5) <= 0.02
+
+
+def test_default_generation_is_balanced_across_all_tiers():
+    ds = MeetingRoomsTask().generate(300, seed=11)
+    counts = Counter((r["difficulty"], r["answer"]) for r in ds)
+    assert counts == {(d, a): 50 for d in ("easy", "medium", "hard") for a in ("YES", "NO")}
+
+
+def test_faithful_generator_reproduces_the_always_yes_easy_tier():
+    ds = MeetingRoomsTask().generate(300, seed=123, faithful=True)
+    easy = [r["answer"] for r in ds if r["difficulty"] == "easy"]
+    assert easy and set(easy) == {"YES"}
+    assert sum(r["answer"] == "YES" for r in ds) / len(ds) > 0.75  # the majority-class trap
+    for r in ds:
+        assert 9 <= min(s for s, _ in r["meetings"]) and max(e - s for s, e in r["meetings"]) <= 3
+
+
+def test_rows_carry_structure_and_the_answer_is_the_ground_truth():
+    task = MeetingRoomsTask()
+    for r in task.generate(60, seed=5):
+        assert r["answer"] == ("YES" if schedulable(r["meetings"], r["rooms"]) else "NO")
+        assert r["difficulty"] in task.difficulties
+        assert task.parse_answer(r["rationale"]) == r["answer"]
+        assert r["rationale"].strip().endswith(f"Answer: {r['answer']}")
+
+
+@pytest.mark.parametrize("task_cls", [MeetingRoomsTask, ArithmeticTask])
+def test_generation_is_reproducible_by_seed(task_cls):
+    a = task_cls().generate(30, seed=9).to_list()
+    b = task_cls().generate(30, seed=9).to_list()
+    c = task_cls().generate(30, seed=10).to_list()
+    assert a == b
+    assert a != c
+
+
+@pytest.mark.parametrize("fmt,columns", [("chat", {"prompt", "completion"}), ("text", {"prompt", "completion"}),
+                                         ("messages", {"messages"})])
+def test_dataset_formats_are_the_ones_trl_recognizes(fmt, columns):
+    from trl.data_utils import is_conversational
+
+    ds = MeetingRoomsTask().generate(4, seed=0, format=fmt)
+    assert columns <= set(ds.column_names)
+    assert not ({"prompt", "completion", "messages"} - columns) & set(ds.column_names)
+    assert is_conversational(ds[0]) == (fmt != "text")
+
+
+def test_bad_arguments_name_the_problem():
+    task = MeetingRoomsTask()
+    with pytest.raises(ValueError, match="difficulty must be one of"):
+        task.generate(4, difficulty="extreme")
+    with pytest.raises(ValueError, match="format must be one of"):
+        task.generate(4, format="jsonl")
+    with pytest.raises(ValueError, match="end > start"):
+        task.make_row([[10, 9]], 1)
+    with pytest.raises(ValueError, match="unknown task"):
+        get_task("chess")
+
+
+@pytest.mark.parametrize(
+    "text,expected",
+    [
+        ("Answer: YES", "YES"),
+        ("answer: no.", "NO"),
+        ("Answer: **NO**", "NO"),
+        ("At first I thought NO. Re-checking: peak 2 <= 2.\nAnswer: YES", "YES"),
+        ("Answer: NO\n...wait.\nAnswer: YES", "YES"),  # the FINAL answer line wins
+        ("They all fit, so yes", "YES"),  # no answer line: the last YES/NO token
+        ("Answer: maybe. I think not... NO", "NO"),
+        ("I cannot tell.", None),
+        ("", None),
+        ("YESTERDAY was busy", None),
+    ],
+)
+def test_meeting_rooms_parses_the_final_answer(text, expected):
+    assert MeetingRoomsTask().parse_answer(text) == expected
+
+
+@pytest.mark.parametrize(
+    "text,expected",
+    [("12 + 3 = 15\nAnswer: 15", "15"), ("Answer: 1,234", "1234"), ("so the total is 42.", "42"),
+     ("Answer: 7\nAnswer: 8", "8"), ("no idea", None), ("Answer: -3", "-3")],
+)
+def test_arithmetic_parses_the_final_answer(text, expected):
+    assert ArithmeticTask().parse_answer(text) == expected
+
+
+def test_arithmetic_rationales_are_correct_worked_solutions():
+    task = ArithmeticTask()
+    steps = Counter()
+    for r in task.generate(300, seed=1):
+        lines = r["rationale"].splitlines()
+        steps[(r["difficulty"], len(lines) - 1)] += 1
+        for line in lines[:-1]:
+            for lhs, rhs in re.findall(r"(\d+ [-+*/] \d+) = (\d+)", line):
+                a, op, b = lhs.split()
+                assert {"+": int(a) + int(b), "-": int(a) - int(b), "*": int(a) * int(b),
+                        "/": int(a) / int(b)}[op] == int(rhs), line
+        assert task.parse_answer(r["rationale"]) == r["answer"]
+        assert int(r["answer"]) >= 0
+    assert {s for (d, s) in steps if d == "easy"} <= {1, 2}
+    assert {s for (d, s) in steps if d == "hard"} <= {4, 5}
+
+
+def test_score_hand_computed():
+    task = MeetingRoomsTask()
+    rows = [{"answer": "YES", "difficulty": "easy"}] * 3 + [{"answer": "NO", "difficulty": "hard"}]
+    completions = ["Answer: YES", "Answer: NO", "gibberish", "Answer: NO"]
+    s = task.score(rows, completions)
+    assert s["n"] == 4
+    assert s["accuracy"] == pytest.approx(0.5)
+    assert s["majority_baseline"] == pytest.approx(0.75)
+    assert s["unparseable"] == 1
+    assert s["per_class_recall"] == {"YES": pytest.approx(1 / 3), "NO": pytest.approx(1.0)}
+    assert s["balanced_accuracy"] == pytest.approx((1 / 3 + 1) / 2)
+    assert s["confusion"] == {"YES": {"YES": 1, "NO": 1, "unparseable": 1}, "NO": {"NO": 1}}
+    assert s["per_difficulty"] == {"easy": {"n": 3, "accuracy": pytest.approx(1 / 3)},
+                                   "hard": {"n": 1, "accuracy": 1.0}}
+    with pytest.raises(ValueError, match="4 rows but 3 completions"):
+        task.score(rows, completions[:3])
+
+
+def test_always_yes_scores_the_majority_baseline_on_the_faithful_set():
+    task = MeetingRoomsTask()
+    ds = task.generate(150, seed=123, faithful=True)
+    s = task.score(ds, ["Answer: YES"] * len(ds))
+    assert s["accuracy"] == pytest.approx(s["majority_baseline"])
+    assert s["balanced_accuracy"] == pytest.approx(0.5)
+    assert s["per_class_recall"]["NO"] == 0.0
+
+
+def test_open_answer_scores_have_no_classification_keys():
+    task = ArithmeticTask()
+    ds = task.generate(6, seed=0)
+    s = task.score(ds, [r["rationale"] for r in ds])
+    assert s["accuracy"] == 1.0 and s["balanced_accuracy"] is None and s["confusion"] is None
