@@ -1,0 +1,143 @@
+"""Benchmark entropy_from_logits and selective_log_softmax_and_entropy against TRL 1.16, torch eager and
+torch.compile.  Writes results/entropy_<device>-<name>.csv and .png.
+
+    python benchmarks/kernels/bench_entropy.py --device cpu --quick      # ~1-2 min on 2 cores
+    python benchmarks/kernels/bench_entropy.py --device cpu              # tokens 256..2048, V=151,936 fp32
+    python benchmarks/kernels/bench_entropy.py --device cuda             # tokens 1k..32k, V in {151936, 128256}, bf16+fp32
+
+On CUDA, TRL's functions dispatch to its fused Triton kernel (trl/kernels/logprob_entropy.py) and ours to
+weakstrong's Triton kernels; on CPU both run their torch paths.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+import sys
+
+import torch
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import _common as C  # noqa: E402
+
+from weakstrong.kernels import entropy_from_logits, selective_log_softmax_and_entropy  # noqa: E402
+
+try:
+    import trl.trainer.utils as trl_utils
+except Exception:  # pragma: no cover
+    trl_utils = None
+
+TEMPERATURE = 1.0
+
+
+@functools.lru_cache(maxsize=2)
+def _logits(x, v, dtype, device, grad):
+    g = torch.Generator(device="cpu").manual_seed(x * 7 + v)
+    t = (torch.randn(x, v, generator=g) * 2.0).to(device=device, dtype=dtype)
+    return t.requires_grad_(grad)
+
+
+@functools.lru_cache(maxsize=2)
+def _index(x, v, device):
+    g = torch.Generator(device="cpu").manual_seed(x)
+    return torch.randint(0, v, (x,), generator=g).to(device)
+
+
+def _eager_entropy(x):
+    logp = torch.log_softmax(x.float(), dim=-1)
+    return -(logp.exp() * logp).sum(-1)
+
+
+def _eager_both(x, idx):
+    logp = torch.log_softmax(x.float() / TEMPERATURE, dim=-1)
+    ent = -(logp.exp() * logp).sum(-1)
+    return logp.gather(-1, idx.unsqueeze(-1)).squeeze(-1), ent
+
+
+_compiled = {}
+
+
+def _compile(fn):
+    if fn not in _compiled:
+        _compiled[fn] = torch.compile(fn)  # automatic dynamic shapes: at most one recompile per sweep
+    return _compiled[fn]
+
+
+def _ent_provider(name, impl, **kw):
+    def setup(x, v, h, dtype, device, grad):
+        logits = _logits(x, v, dtype, device, grad)
+        return (lambda: impl(logits).float().sum()), ([logits] if grad else [])
+
+    return C.Provider(name, setup, **kw)
+
+
+def _both_provider(name, impl, **kw):
+    def setup(x, v, h, dtype, device, grad):
+        logits = _logits(x, v, dtype, device, grad)
+        idx = _index(x, v, device)
+
+        def fn():
+            lp, ent = impl(logits, idx)
+            return lp.float().sum() + ent.float().sum()
+
+        return fn, ([logits] if grad else [])
+
+    return C.Provider(name, setup, **kw)
+
+
+def providers():
+    ent = [
+        _ent_provider("weakstrong", entropy_from_logits),
+        _ent_provider("torch_eager", _eager_entropy),
+        _ent_provider("torch_compile", lambda t: _compile(_eager_entropy)(t)),
+    ]
+    both = [
+        _both_provider("weakstrong", lambda t, i: selective_log_softmax_and_entropy(t, i, temperature=TEMPERATURE)),
+        _both_provider("torch_eager", _eager_both),
+        _both_provider("torch_compile", lambda t, i: _compile(_eager_both)(t, i)),
+    ]
+    if trl_utils is not None:
+        ent.insert(1, _ent_provider("trl", trl_utils.entropy_from_logits))
+        both.insert(
+            1,
+            _both_provider(
+                "trl", lambda t, i: trl_utils.selective_log_softmax_and_entropy(t, i, temperature=TEMPERATURE)
+            ),
+        )
+    return {"entropy": ent, "logp_entropy": both}
+
+
+def main(argv=None):
+    p = C.parser(
+        __doc__,
+        cpu_tokens=[256, 512, 1024, 2048],
+        quick_tokens=[256, 512],
+        gpu_tokens=[1024, 2048, 4096, 8192, 16384, 32768],
+        vocabs_cpu=[151936],
+        vocabs_gpu=[151936, 128256],
+    )
+    args = C.finish_args(p.parse_args(argv))
+    points = []
+    csv_path, png_path = C.outputs_for(args, "entropy")
+    for kernel, provs in providers().items():
+        provs = C.select(provs, args)
+        for v in args.vocab:
+            for dt in args.dtypes:
+                print(f"[{kernel}] V={v} {dt} on {C.device_name(args.device)}", flush=True)
+                points += C.run_points(
+                    kernel, provs, args.modes, args.tokens, v, None, dt, args.device, args.reps, args.grad_max_tokens
+                )
+                _logits.cache_clear()
+                _write(args, points, csv_path, png_path)
+    _write(args, points, csv_path, png_path)
+    print("wrote", csv_path, png_path)
+
+
+def _write(args, points, csv_path, png_path):
+    """Written after every (kernel, V, dtype) sweep, so an interrupted run still leaves results."""
+    C.write_csv(csv_path, points, args.device, C.env_note(args))
+    C.plot(png_path, points, f"entropy kernels on {C.device_name(args.device)}", cuda=args.device == "cuda")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,160 @@
+"""Benchmark mixed_cross_entropy (WMSS loss over two models' logits) against torch eager / torch.compile,
+and, at lam = 1 (ordinary cross entropy), against Liger-Kernel's cross entropy (CUDA only, Triton).
+Writes results/mixed_ce_<device>-<name>.csv and .png.
+
+    python benchmarks/kernels/bench_mixed_ce.py --device cpu --quick
+    python benchmarks/kernels/bench_mixed_ce.py --device cpu
+    python benchmarks/kernels/bench_mixed_ce.py --device cuda
+
+Kernels: mixed_ce (lam = 0.5, gradients to both logits), mixed_ce_entropies (lam = 0.5 plus the per-token
+entropies of both softmaxes, the WMSS statistics), ce_lam1 (lam = 1; only the strong logits need a gradient).
+10% of the labels are ignore_index.  TRL has no mixed or plain CE op, so it is absent here.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+import sys
+
+import torch
+import torch.nn.functional as F
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import _common as C  # noqa: E402
+
+from weakstrong.kernels import mixed_cross_entropy  # noqa: E402
+
+LAM = 0.5
+
+
+@functools.lru_cache(maxsize=4)
+def _logits(x, v, dtype, device, grad, seed):
+    g = torch.Generator(device="cpu").manual_seed(x * 7 + v + seed)
+    return (torch.randn(x, v, generator=g) * 2.0).to(device=device, dtype=dtype).requires_grad_(grad)
+
+
+@functools.lru_cache(maxsize=2)
+def _labels(x, v, device):
+    g = torch.Generator(device="cpu").manual_seed(x)
+    y = torch.randint(0, v, (x,), generator=g)
+    y[torch.rand(x, generator=g) < 0.1] = -100
+    return y.to(device)
+
+
+def _eager_mixed(a, b, y):
+    z = LAM * a.float() + (1.0 - LAM) * b.float()
+    return F.cross_entropy(z, y, ignore_index=-100)
+
+
+def _entropy_stat(x):
+    logp = torch.log_softmax(x.float(), dim=-1)
+    return -(logp.exp() * logp).sum(-1)
+
+
+def _eager_mixed_ent(a, b, y):
+    loss = _eager_mixed(a, b, y)
+    with torch.no_grad():
+        valid = y != -100
+        ha = torch.where(valid, _entropy_stat(a), 0.0)
+        hb = torch.where(valid, _entropy_stat(b), 0.0)
+    return loss, ha, hb
+
+
+def _eager_ce(a, b, y):
+    return F.cross_entropy(a.float(), y, ignore_index=-100)
+
+
+_compiled = {}
+
+
+def _compile(fn):
+    if fn not in _compiled:
+        _compiled[fn] = torch.compile(fn)
+    return _compiled[fn]
+
+
+def _provider(name, impl, weak_grad=True, **kw):
+    def setup(x, v, h, dtype, device, grad):
+        a = _logits(x, v, dtype, device, grad, 0)
+        b = _logits(x, v, dtype, device, grad and weak_grad, 1)
+        y = _labels(x, v, device)
+
+        def fn():
+            out = impl(a, b, y)
+            if isinstance(out, tuple):
+                return out[0] + 0.0 * (out[1].sum() + out[2].sum())
+            return out
+
+        return fn, ([a, b] if grad and weak_grad else ([a] if grad else []))
+
+    return C.Provider(name, setup, **kw)
+
+
+def _liger_ce():
+    from liger_kernel.transformers import LigerCrossEntropyLoss
+
+    loss = LigerCrossEntropyLoss(ignore_index=-100)
+    return lambda a, b, y: loss(a, y)
+
+
+def providers():
+    ours = lambda lam, ent: (lambda a, b, y: mixed_cross_entropy(a, b, y, lam=lam, return_entropies=ent))  # noqa: E731
+    out = {
+        "mixed_ce": [
+            _provider("weakstrong", ours(LAM, False)),
+            _provider("torch_eager", _eager_mixed),
+            _provider("torch_compile", lambda a, b, y: _compile(_eager_mixed)(a, b, y)),
+        ],
+        "mixed_ce_entropies": [
+            _provider("weakstrong", ours(LAM, True)),
+            _provider("torch_eager", _eager_mixed_ent),
+            _provider("torch_compile", lambda a, b, y: _compile(_eager_mixed_ent)(a, b, y)),
+        ],
+        "ce_lam1": [
+            _provider("weakstrong", ours(1.0, False), weak_grad=False),
+            _provider("torch_eager", _eager_ce, weak_grad=False),
+            _provider("torch_compile", lambda a, b, y: _compile(_eager_ce)(a, b, y), weak_grad=False),
+        ],
+    }
+    try:
+        out["ce_lam1"].append(_provider("liger", _liger_ce(), weak_grad=False, cuda_only=True))
+    except Exception:  # pragma: no cover - liger not installed
+        pass
+    return out
+
+
+def main(argv=None):
+    p = C.parser(
+        __doc__,
+        cpu_tokens=[256, 512, 1024, 2048],
+        quick_tokens=[256, 512],
+        gpu_tokens=[1024, 2048, 4096, 8192, 16384, 32768],
+        vocabs_cpu=[151936],
+        vocabs_gpu=[151936, 128256],
+    )
+    args = C.finish_args(p.parse_args(argv))
+    points = []
+    csv_path, png_path = C.outputs_for(args, "mixed_ce")
+    for kernel, provs in providers().items():
+        provs = C.select(provs, args)
+        for v in args.vocab:
+            for dt in args.dtypes:
+                print(f"[{kernel}] V={v} {dt} on {C.device_name(args.device)}", flush=True)
+                points += C.run_points(
+                    kernel, provs, args.modes, args.tokens, v, None, dt, args.device, args.reps, args.grad_max_tokens
+                )
+                _logits.cache_clear()
+                _write(args, points, csv_path, png_path)
+    _write(args, points, csv_path, png_path)
+    print("wrote", csv_path, png_path)
+
+
+def _write(args, points, csv_path, png_path):
+    """Written after every (kernel, V, dtype) sweep, so an interrupted run still leaves results."""
+    C.write_csv(csv_path, points, args.device, C.env_note(args) + f"; lam={LAM} (ce_lam1: lam=1)")
+    C.plot(png_path, points, f"mixed cross entropy on {C.device_name(args.device)}", cuda=args.device == "cuda")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,160 @@
+"""Hidden-state variants: values and gradients (hidden, weight, bias) vs fp64 references, chunking,
+and behaviour with a ZeRO-3-style weight whose storage is released / re-gathered between passes."""
+
+import pytest
+import torch
+
+from weakstrong.kernels import (
+    linear_mixed_cross_entropy,
+    linear_mixed_cross_entropy_reference,
+    linear_selective_log_softmax_and_entropy,
+    linear_selective_log_softmax_and_entropy_reference,
+    mixed_cross_entropy,
+)
+
+
+def _close(actual, expected, atol, rtol=1e-4):
+    torch.testing.assert_close(actual.double(), expected.double(), atol=atol, rtol=rtol)
+
+
+def _leaf(t):
+    return t.detach().clone().requires_grad_()
+
+
+@pytest.mark.parametrize("vocab", [41, 1029])
+@pytest.mark.parametrize("chunk_size", [None, 3])
+@pytest.mark.parametrize("with_bias", [False, True])
+def test_linear_logp_entropy(backend, vocab, chunk_size, with_bias):
+    g = torch.Generator().manual_seed(vocab)
+    hidden = torch.randn(2, 5, 16, generator=g, dtype=torch.float64)
+    weight = torch.randn(vocab, 16, generator=g, dtype=torch.float64) * 0.5
+    bias = torch.randn(vocab, generator=g, dtype=torch.float64) if with_bias else None
+    index = torch.randint(0, vocab, (2, 5), generator=g)
+    h, w = _leaf(hidden.float()), _leaf(weight.float())
+    b = _leaf(bias.float()) if with_bias else None
+    lp, ent = linear_selective_log_softmax_and_entropy(h, w, index, bias=b, temperature=0.9, chunk_size=chunk_size)
+    hr, wr = _leaf(hidden), _leaf(weight)
+    br = _leaf(bias) if with_bias else None
+    rlp, rent = linear_selective_log_softmax_and_entropy_reference(hr, wr, index, bias=br, temperature=0.9)
+    assert lp.shape == index.shape and lp.dtype == torch.float32
+    _close(lp, rlp, 5e-5)
+    _close(ent, rent, 5e-5)
+    gg = torch.Generator().manual_seed(1)
+    g1, g2 = torch.randn(2, 5, generator=gg, dtype=torch.float64), torch.randn(2, 5, generator=gg, dtype=torch.float64)
+    ins = [h, w] + ([b] if with_bias else [])
+    refs = [hr, wr] + ([br] if with_bias else [])
+    grads = torch.autograd.grad((lp * g1.float()).sum() + (ent * g2.float()).sum(), ins)
+    rgrads = torch.autograd.grad((rlp * g1).sum() + (rent * g2).sum(), refs)
+    for got, exp in zip(grads, rgrads):
+        assert got.shape == exp.shape
+        _close(got, exp, 5e-5)
+
+
+@pytest.mark.parametrize("lam", [0.0, 0.05, 0.5, 1.0])
+@pytest.mark.parametrize("chunk_size", [None, 4])
+def test_linear_mixed_ce(backend, lam, chunk_size):
+    g = torch.Generator().manual_seed(0)
+    vocab = 1029
+    sh = torch.randn(2, 5, 16, generator=g, dtype=torch.float64)
+    wh = torch.randn(2, 5, 8, generator=g, dtype=torch.float64)  # different hidden sizes
+    sw = torch.randn(vocab, 16, generator=g, dtype=torch.float64) * 0.5
+    ww = torch.randn(vocab, 8, generator=g, dtype=torch.float64) * 0.5
+    labels = torch.randint(0, vocab, (2, 5), generator=g)
+    labels[0, 1] = labels[1, 4] = -100
+    ins = [_leaf(t.float()) for t in (sh, sw, wh, ww)]
+    refs = [_leaf(t) for t in (sh, sw, wh, ww)]
+    loss, ha, hb = linear_mixed_cross_entropy(*ins, labels, lam=lam, return_entropies=True, chunk_size=chunk_size)
+    rloss, rha, rhb = linear_mixed_cross_entropy_reference(*refs, labels, lam=lam, return_entropies=True)
+    _close(loss, rloss, 5e-5)
+    _close(ha, rha, 5e-5)
+    _close(hb, rhb, 5e-5)
+    grads = torch.autograd.grad(loss, ins)
+    rgrads = torch.autograd.grad(rloss, refs)
+    for got, exp in zip(grads, rgrads):
+        assert got.shape == exp.shape
+        _close(got, exp, 5e-5)
+    if lam == 1.0:
+        assert (grads[2] == 0).all() and (grads[3] == 0).all()
+    if lam == 0.0:
+        assert (grads[0] == 0).all() and (grads[1] == 0).all()
+
+
+def test_linear_mixed_ce_matches_logits_version(torch_backend):
+    g = torch.Generator().manual_seed(2)
+    sh, wh = torch.randn(7, 12, generator=g), torch.randn(7, 12, generator=g)
+    sw, ww = torch.randn(300, 12, generator=g), torch.randn(300, 12, generator=g)
+    labels = torch.randint(0, 300, (7,), generator=g)
+    a = linear_mixed_cross_entropy(sh, sw, wh, ww, labels, lam=0.3, reduction="none", chunk_size=2)
+    b = mixed_cross_entropy(sh @ sw.T, wh @ ww.T, labels, lam=0.3, reduction="none")
+    _close(a, b, 1e-5)
+
+
+def test_linear_bf16_torch(torch_backend):
+    g = torch.Generator().manual_seed(4)
+    hidden = torch.randn(6, 32, generator=g).bfloat16()
+    weight = (torch.randn(500, 32, generator=g) * 0.3).bfloat16()
+    index = torch.randint(0, 500, (6,), generator=g)
+    h, w = _leaf(hidden), _leaf(weight)
+    lp, ent = linear_selective_log_softmax_and_entropy(h, w, index, chunk_size=4)
+    # reference on the bf16 logits the kernel sees (the matmul itself rounds to bf16)
+    hr, wr = _leaf(hidden.double()), _leaf(weight.double())
+    rlp, rent = linear_selective_log_softmax_and_entropy_reference(hr, wr, index)
+    _close(lp, rlp, 5e-2, 1e-2)
+    _close(ent, rent, 5e-2, 1e-2)
+    gh, gw = torch.autograd.grad(lp.sum() + ent.sum(), (h, w))
+    rgh, rgw = torch.autograd.grad(rlp.sum() + rent.sum(), (hr, wr))
+    assert gh.dtype == torch.bfloat16 and gw.dtype == torch.bfloat16
+    _close(gh, rgh, 5e-2, 5e-2)
+    _close(gw, rgw, 5e-2, 5e-2)
+
+
+def test_zero3_style_weight_regathered_for_backward(torch_backend):
+    """A ZeRO-3 weight is released after the forward (param.data = empty) and gathered again for the
+    backward: the function must read the weight at backward time and give the right gradients."""
+    g = torch.Generator().manual_seed(6)
+    full = torch.randn(200, 16, generator=g)
+    hidden = torch.randn(5, 16, generator=g, requires_grad=True)
+    index = torch.randint(0, 200, (5,), generator=g)
+    weight = torch.nn.Parameter(full.clone())
+    lp, ent = linear_selective_log_softmax_and_entropy(hidden, weight, index, chunk_size=2)
+    weight.data = torch.empty(0)  # partitioned / released
+    weight.data = full.clone()  # gathered again for the backward (new storage)
+    (lp.sum() + ent.sum()).backward()
+    w2 = full.clone().requires_grad_()
+    h2 = hidden.detach().clone().requires_grad_()
+    lp2, ent2 = linear_selective_log_softmax_and_entropy_reference(h2, w2, index)
+    (lp2.sum() + ent2.sum()).backward()
+    _close(weight.grad, w2.grad, 1e-5)
+    _close(hidden.grad, h2.grad, 1e-5)
+
+
+def test_zero3_style_weight_released_raises_clearly(torch_backend):
+    weight = torch.nn.Parameter(torch.randn(50, 8))
+    hidden = torch.randn(3, 8, requires_grad=True)
+    lp, _ = linear_selective_log_softmax_and_entropy(hidden, weight, torch.zeros(3, dtype=torch.long))
+    weight.data = torch.empty(0)
+    with pytest.raises(RuntimeError, match="gathered"):
+        lp.sum().backward()
+
+
+def test_linear_under_autocast_fp32_weight(torch_backend):
+    """fp32 master weight, bf16 compute under autocast: the backward (not autocast) must recompute in bf16."""
+    g = torch.Generator().manual_seed(8)
+    hidden = torch.randn(6, 32, generator=g, requires_grad=True)
+    weight = torch.nn.Parameter(torch.randn(300, 32, generator=g) * 0.3)
+    wk = torch.randn(300, 16, generator=g) * 0.3
+    hk = torch.randn(6, 16, generator=g)
+    labels = torch.randint(0, 300, (6,), generator=g)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        lp, ent = linear_selective_log_softmax_and_entropy(hidden, weight, labels, chunk_size=4)
+        loss = linear_mixed_cross_entropy(hidden, weight, hk, wk, labels, lam=0.5, chunk_size=4)
+    (lp.sum() + ent.sum() + loss).backward()
+    assert weight.grad.dtype == torch.float32 and hidden.grad.dtype == torch.float32
+    assert torch.isfinite(weight.grad).all() and torch.isfinite(hidden.grad).all()
+    w2 = weight.detach().clone().requires_grad_()
+    h2 = hidden.detach().clone().requires_grad_()
+    rlp, rent = linear_selective_log_softmax_and_entropy_reference(h2, w2, labels)
+    rloss = linear_mixed_cross_entropy_reference(h2, w2, hk, wk, labels, lam=0.5)
+    (rlp.sum() + rent.sum() + rloss).backward()
+    _close(weight.grad, w2.grad, 0.1, 0.05)
+    _close(hidden.grad, h2.grad, 0.1, 0.05)
