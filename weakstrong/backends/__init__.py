@@ -1,0 +1,14 @@
+"""Chat-generation clients shared by every method that talks to a model through conversations.
+
+* :class:`ChatBackend` — the protocol: ``generate(list_of_conversations, **sampling) -> list[str]``.
+* :class:`TransformersChat` — a local causal LM (chat template, left padding, batched, greedy or sampled).
+* :class:`OpenAICompatibleChat` — ``/chat/completions`` over HTTP with retries, backoff, and an on-disk cache.
+"""
+
+from .base import (SAMPLING_KEYS, ChatBackend, ChatBackendError, ConfigurationError, EndpointUnavailableError,
+                   Messages, normalize_sampling)
+from .openai_compat import OpenAICompatibleChat
+from .transformers_chat import TransformersChat
+
+__all__ = ["ChatBackend", "ChatBackendError", "ConfigurationError", "EndpointUnavailableError", "Messages",
+           "OpenAICompatibleChat", "SAMPLING_KEYS", "TransformersChat", "normalize_sampling"]

@@ -1,0 +1,73 @@
+"""The chat-generation protocol every teacher, judge or simulated agent talks through.
+
+A backend turns a batch of conversations (each a list of ``{"role", "content"}`` messages) into one reply
+string per conversation. Sampling options are keyword arguments with the same names everywhere:
+
+* ``temperature`` (0 = greedy; the default),
+* ``max_new_tokens`` (the reply budget; ``max_tokens`` is accepted as an alias),
+* ``top_p``, ``seed`` and ``stop`` (optional).
+"""
+
+from __future__ import annotations
+
+from typing import Any, Protocol, runtime_checkable
+
+Messages = list[dict[str, str]]
+
+SAMPLING_KEYS = ("temperature", "max_new_tokens", "top_p", "seed", "stop")
+
+
+class ChatBackendError(RuntimeError):
+    """A chat backend could not produce replies."""
+
+
+class ConfigurationError(ChatBackendError):
+    """The backend is misconfigured (bad key, URL or model name); retrying cannot help."""
+
+
+class EndpointUnavailableError(ChatBackendError):
+    """The endpoint kept failing (rate limits, server errors, timeouts, refused connections) after every retry."""
+
+
+@runtime_checkable
+class ChatBackend(Protocol):
+    """Anything with ``generate(conversations, **sampling) -> list[str]`` (one reply per conversation)."""
+
+    def generate(self, conversations: list[Messages], **sampling: Any) -> list[str]: ...
+
+
+def normalize_sampling(defaults: dict[str, Any], sampling: dict[str, Any]) -> dict[str, Any]:
+    """Merge per-call sampling options over a backend's defaults, checking names and ranges."""
+    sampling = dict(sampling)
+    if "max_tokens" in sampling:
+        sampling.setdefault("max_new_tokens", sampling.pop("max_tokens"))
+    unknown = sorted(set(sampling) - set(SAMPLING_KEYS))
+    if unknown:
+        raise TypeError(f"unknown sampling options {unknown}; use {list(SAMPLING_KEYS)}")
+    out = {**defaults, **{k: v for k, v in sampling.items() if v is not None}}
+    out.setdefault("temperature", 0.0)
+    if out["temperature"] < 0:
+        raise ValueError(f"temperature must be >= 0 (0 = greedy), got {out['temperature']}")
+    if int(out.get("max_new_tokens", 1)) < 1:
+        raise ValueError(f"max_new_tokens must be >= 1, got {out['max_new_tokens']}")
+    top_p = out.get("top_p")
+    if top_p is not None and not 0 < top_p <= 1:
+        raise ValueError(f"top_p must be in (0, 1], got {top_p}")
+    if isinstance(out.get("stop"), str):
+        out["stop"] = [out["stop"]]
+    return out
+
+
+def check_conversations(conversations) -> list[Messages]:
+    """Validate the batch shape early, with a message that says what was expected."""
+    if isinstance(conversations, dict) or (
+        isinstance(conversations, list) and conversations and isinstance(conversations[0], dict)
+    ):
+        raise TypeError("generate() takes a LIST of conversations (list[list[dict]]); wrap a single one in [...]")
+    out = []
+    for i, conv in enumerate(conversations):
+        if not isinstance(conv, (list, tuple)) or not all(isinstance(m, dict) and "role" in m and "content" in m
+                                                          for m in conv):
+            raise TypeError(f"conversation {i} must be a list of {{'role', 'content'}} dicts, got {conv!r:.200}")
+        out.append([{"role": str(m["role"]), "content": str(m["content"])} for m in conv])
+    return out

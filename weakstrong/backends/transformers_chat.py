@@ -1,0 +1,100 @@
+"""Local chat generation with a transformers causal LM: chat template, left padding, batched."""
+
+from __future__ import annotations
+
+from typing import Any, Callable
+
+import torch
+
+from .base import Messages, check_conversations, normalize_sampling
+
+
+def _cut_at_stop(text: str, stop: list[str] | None) -> str:
+    if not stop:
+        return text
+    cut = min((i for i in (text.find(s) for s in stop) if i >= 0), default=-1)
+    return text if cut < 0 else text[:cut]
+
+
+class TransformersChat:
+    """A :class:`~weakstrong.backends.ChatBackend` over a local model.
+
+    Args:
+        model: ``"default"`` (the embedded SmolLM2-135M-Instruct), a local path, a hub id available offline, or a
+            loaded ``PreTrainedModel``.
+        tokenizer: the model's tokenizer; loaded with the model when ``None``.
+        batch_size: conversations per ``generate`` call.
+        max_new_tokens: default reply budget (overridable per call).
+        temperature: default temperature; ``0`` is greedy decoding.
+        model_init_kwargs: passed to ``from_pretrained`` when ``model`` is a string (e.g. ``dtype``).
+
+    Conversations are rendered with the tokenizer's chat template (``add_generation_prompt=True``); a tokenizer
+    without one gets the plain ``role: content`` transcript followed by ``assistant:``.
+    """
+
+    def __init__(self, model="default", tokenizer=None, batch_size: int = 8, max_new_tokens: int = 256,
+                 temperature: float = 0.0, name: str | None = None, **model_init_kwargs):
+        from ..models import load_model
+
+        if isinstance(model, str) or tokenizer is None:
+            label = model if isinstance(model, str) else getattr(model.config, "_name_or_path", type(model).__name__)
+            model, tokenizer = load_model(model, **model_init_kwargs) if isinstance(model, str) else load_model(model)
+        else:
+            label = getattr(model.config, "_name_or_path", "") or type(model).__name__
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        self.model = model
+        self.tokenizer = tokenizer
+        self.batch_size = batch_size
+        self.name = name or f"transformers:{label}"
+        self.defaults = {"max_new_tokens": max_new_tokens, "temperature": temperature}
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}(name={self.name!r}, batch_size={self.batch_size})"
+
+    def render(self, conversation: Messages) -> str:
+        """The exact text the model is conditioned on."""
+        if getattr(self.tokenizer, "chat_template", None):
+            return self.tokenizer.apply_chat_template(conversation, tokenize=False, add_generation_prompt=True)
+        return "".join(f"{m['role']}: {m['content']}\n" for m in conversation) + "assistant:"
+
+    def generate(self, conversations: list[Messages], progress: Callable[[int], None] | None = None,
+                 **sampling: Any) -> list[str]:
+        from ..evaluation import generate_completions
+
+        conversations = check_conversations(conversations)
+        opts = normalize_sampling(self.defaults, sampling)
+        prompts = [self.render(c) for c in conversations]
+        if opts["temperature"] == 0:
+            texts = generate_completions(self.model, self.tokenizer, prompts, int(opts["max_new_tokens"]),
+                                         self.batch_size, progress)
+        else:
+            texts = self._sample(prompts, opts, progress)
+        return [_cut_at_stop(t, opts.get("stop")) for t in texts]
+
+    @torch.no_grad()
+    def _sample(self, prompts: list[str], opts: dict, progress) -> list[str]:
+        model, tok = self.model, self.tokenizer
+        was_training = model.training
+        model.eval()
+        side, tok.padding_side = tok.padding_side, "left"
+        pad_id = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
+        device = next(model.parameters()).device
+        out: list[str] = []
+        try:
+            with torch.random.fork_rng(devices=[] if device.type == "cpu" else [device]):
+                if opts.get("seed") is not None:
+                    torch.manual_seed(int(opts["seed"]))
+                for i in range(0, len(prompts), self.batch_size):
+                    enc = tok(prompts[i: i + self.batch_size], return_tensors="pt", padding=True,
+                              add_special_tokens=False).to(device)
+                    gen = model.generate(**enc, do_sample=True, temperature=float(opts["temperature"]),
+                                         top_p=opts.get("top_p") or 1.0, top_k=None,
+                                         max_new_tokens=int(opts["max_new_tokens"]), pad_token_id=pad_id)
+                    out += tok.batch_decode(gen[:, enc["input_ids"].shape[1]:], skip_special_tokens=True)
+                    if progress is not None:
+                        progress(enc["input_ids"].shape[0])
+        finally:
+            tok.padding_side = side
+            model.train(was_training)
+        return out

@@ -1,0 +1,123 @@
+"""``weakstrong lrl`` and ``recipes/lrl/run.py``: the whole pipeline from a YAML config and/or flags.
+
+Three argument groups, parsed with TRL's ``TrlParser`` (``--config recipe.yaml`` plus ``--flag value``
+overrides): :class:`LRLScriptArguments` (task, teacher), :class:`LinguisticRLConfig` (loop, curriculum, student
+SFT, evaluation) and :class:`LRLModelArguments` (the student model). LoRA settings live in the config
+(``use_peft``, ``lora_r`` …, on by default) rather than in TRL's ``ModelConfig``, whose defaults differ.
+"""
+
+from __future__ import annotations
+
+import argparse
+from dataclasses import dataclass, field
+
+
+@dataclass
+class LRLScriptArguments:
+    """Task and teacher of a Linguistic RL run."""
+
+    task: str = field(default="meeting_rooms", metadata={"help": "Built-in task: meeting_rooms or arithmetic."})
+    teacher: str = field(
+        default="default",
+        metadata={"help": "Local teacher: 'default' (embedded SmolLM2-135M-Instruct), a path or a hub id. Ignored "
+                          "when teacher_base_url is set."},
+    )
+    teacher_base_url: str | None = field(
+        default=None, metadata={"help": "OpenAI-compatible endpoint for the teacher, e.g. http://localhost:8000/v1."}
+    )
+    teacher_model: str | None = field(default=None, metadata={"help": "Model name served at teacher_base_url."})
+    teacher_api_key_env: str = field(
+        default="OPENAI_API_KEY", metadata={"help": "Environment variable holding the endpoint's API key."}
+    )
+    teacher_concurrency: int = field(default=4, metadata={"help": "Endpoint requests in flight at once."})
+    teacher_max_retries: int = field(default=6, metadata={"help": "Retries per endpoint request."})
+    teacher_timeout: float = field(default=120.0, metadata={"help": "Seconds per endpoint request."})
+    teacher_cache_dir: str | None = field(
+        default="auto", metadata={"help": "Reply cache folder ('auto': $WEAKSTRONG_CACHE/chat-cache; None: off)."}
+    )
+    teacher_batch_size: int = field(default=8, metadata={"help": "Conversations per generate() of a local teacher."})
+
+
+@dataclass
+class LRLModelArguments:
+    """The student model."""
+
+    model_name_or_path: str = field(
+        default="default", metadata={"help": "Student: 'default' (embedded SmolLM2-135M-Instruct), a path or a hub id."}
+    )
+    dtype: str | None = field(default=None, metadata={"help": "float32, bfloat16 or float16 (default: the model's)."})
+
+
+def make_teacher(script):
+    from ..teachers import OpenAICompatibleTeacher, TransformersTeacher
+
+    if script.teacher_base_url:
+        if not script.teacher_model:
+            raise ValueError("teacher_base_url is set but teacher_model is not: pass --teacher_model <served name>")
+        cache = None if script.teacher_cache_dir in (None, "None", "none", "") else script.teacher_cache_dir
+        return OpenAICompatibleTeacher(base_url=script.teacher_base_url, model=script.teacher_model,
+                                       api_key_env=script.teacher_api_key_env, concurrency=script.teacher_concurrency,
+                                       max_retries=script.teacher_max_retries, timeout=script.teacher_timeout,
+                                       cache_dir=cache)
+    return TransformersTeacher(script.teacher, batch_size=script.teacher_batch_size)
+
+
+def build_parser():
+    from trl import TrlParser
+
+    from .config import LinguisticRLConfig
+
+    return TrlParser((LRLScriptArguments, LinguisticRLConfig, LRLModelArguments))
+
+
+def run(script, config, model_args, console=None) -> dict:
+    """Build the teacher, task and trainer from parsed arguments and run the four stages."""
+    from ..tasks import get_task
+    from .trainer import LinguisticRLTrainer
+
+    if model_args.dtype:
+        config.model_init_kwargs = {**(config.model_init_kwargs or {}), "dtype": model_args.dtype}
+    teacher = make_teacher(script)
+    trainer = LinguisticRLTrainer(model_args.model_name_or_path, teacher=teacher, task=get_task(script.task),
+                                  args=config)
+    out = trainer.train()
+    if console is not None:
+        from ..reporting import score_table
+
+        console.print(score_table(out["results"], title=f"Linguistic RL — {script.task}"))
+        console.print(f"report: {out['report']}")
+    return out
+
+
+def main_from_argv(argv=None) -> int:
+    """Entry point of ``recipes/lrl/run.py``."""
+    from rich.console import Console
+
+    script, config, model_args = build_parser().parse_args_and_config(args=argv)
+    run(script, config, model_args, Console())
+    return 0
+
+
+# ------------------------------------------------------------------ `weakstrong lrl`
+def add_arguments(parser) -> None:
+    parser.formatter_class = argparse.RawDescriptionHelpFormatter
+    parser.epilog = ("Any LRLScriptArguments / LinguisticRLConfig / LRLModelArguments field can be given as "
+                     "--name value (e.g. --teacher_base_url http://localhost:8000/v1 --teacher_model Qwen/Qwen2.5-7B-"
+                     "Instruct --train_problems 100); see recipes/lrl/config.yaml.")
+    parser.add_argument("--config", default=None, help="YAML recipe (e.g. recipes/lrl/config.yaml)")
+    # Every other --field value pair is handed to TrlParser as is: keep unknown options instead of failing.
+    parse_known = parser.parse_known_args
+
+    def parse_known_args(args=None, namespace=None):
+        ns, extras = parse_known(args, namespace)
+        ns.overrides = list(getattr(ns, "overrides", None) or []) + list(extras)
+        return ns, []
+
+    parser.parse_known_args = parse_known_args
+
+
+def main(args) -> int:
+    argv = (["--config", args.config] if args.config else []) + list(args.overrides or [])
+    if "--output_dir" not in argv and not args.config:
+        argv += ["--output_dir", "lrl-output"]
+    return main_from_argv(argv)
