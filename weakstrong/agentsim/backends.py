@@ -1,0 +1,85 @@
+"""The chat backends a simulation talks through: thin names over :mod:`weakstrong.backends` (one client).
+
+* :class:`TransformersBackend` — ``weakstrong.backends.TransformersChat`` (local, batched, chat template).
+* :class:`OpenAICompatibleBackend` — ``weakstrong.backends.OpenAICompatibleChat`` (HTTP, retries, cache).
+* :class:`ScriptedBackend` — replies computed by a Python function, for tests and dry runs.
+
+Any object with ``generate(conversations, **sampling) -> list[str]`` works (the ``ChatBackend`` protocol).
+"""
+
+from __future__ import annotations
+
+import hashlib
+from typing import Any, Callable
+
+from ..backends import ChatBackend, OpenAICompatibleChat, TransformersChat, normalize_sampling
+from ..backends.base import check_conversations
+
+
+class TransformersBackend(TransformersChat):
+    """A local model (``"default"`` = the embedded SmolLM2-135M-Instruct), batched. Same arguments as
+    :class:`weakstrong.backends.TransformersChat`; ``batch_size`` defaults to 16 here."""
+
+    def __init__(self, model="default", tokenizer=None, batch_size: int = 16, **kwargs):
+        super().__init__(model, tokenizer, batch_size=batch_size, **kwargs)
+
+
+class OpenAICompatibleBackend(OpenAICompatibleChat):
+    """Any OpenAI-compatible ``/chat/completions`` server; same arguments as
+    :class:`weakstrong.backends.OpenAICompatibleChat` (``base_url``, ``model``, ``api_key_env``, ``concurrency``...)."""
+
+
+class ScriptedBackend:
+    """Replies from ``fn(conversation, sampling) -> str``; deterministic when ``fn`` is.
+
+    The default ``fn`` echoes a short reply derived from a hash of the conversation and the seed, so different
+    agents and ticks get different text. ``calls`` counts ``generate`` calls; ``fail_on_call`` (1-based) raises
+    :class:`RuntimeError` on that call (tests use it to crash a tick half-way).
+    """
+
+    name = "scripted"
+
+    def __init__(self, fn: Callable[[list[dict], dict], str] | None = None, fail_on_call: int | None = None,
+                 on_fail: Callable[[], Any] | None = None):
+        self.fn = fn or default_script
+        self.fail_on_call = fail_on_call
+        self.on_fail = on_fail
+        self.calls = 0
+        self.conversations = 0
+
+    def generate(self, conversations, **sampling) -> list[str]:
+        conversations = check_conversations(conversations)
+        opts = normalize_sampling({"max_new_tokens": 256}, sampling)
+        self.calls += 1
+        if self.fail_on_call is not None and self.calls == self.fail_on_call:
+            if self.on_fail is not None:
+                self.on_fail()
+            raise RuntimeError(f"scripted failure on generate call {self.calls}")
+        self.conversations += len(conversations)
+        return [self.fn(c, opts) for c in conversations]
+
+
+_WORDS = ("truth", "markets", "coffee", "freedom", "code", "rain", "justice", "memes", "history", "growth",
+          "doubt", "community", "stars", "data", "music", "power")
+
+
+def default_script(conversation: list[dict], sampling: dict) -> str:
+    """A deterministic reply that depends on the whole conversation and the sampling seed."""
+    blob = repr(conversation) + repr(sampling.get("seed"))
+    h = hashlib.sha256(blob.encode()).digest()
+    user = conversation[-1]["content"]
+    words = [_WORDS[b % len(_WORDS)] for b in h[:6]]
+    if "non-negotiable beliefs" in user:
+        return "\n".join(f"- I believe in {w} above all" for w in words[: 2 + h[6] % 3])
+    if "Rewrite your memory" in user:
+        return ("I am someone who keeps thinking about " + ", ".join(words) + ". ") * (1 + h[7] % 40)
+    return f"My take on {words[0]} and {words[1]}: {words[2]} matters more than {words[3]}. #{h.hex()[:6]}"
+
+
+def backend_name(backend: ChatBackend) -> str:
+    return str(getattr(backend, "name", type(backend).__name__))
+
+
+def backend_tokenizer(backend: ChatBackend):
+    """The backend's tokenizer when it has one (needed for token budgets), else ``None``."""
+    return getattr(backend, "tokenizer", None)
