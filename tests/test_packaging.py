@@ -57,6 +57,8 @@ def test_regular_wheel_ships_kernels_only_as_weakstrong_kernels(tmp_path):
     assert not [n for n in names if n.startswith("kernels/")]
     kernel_sources = {p.name for p in (ROOT / "kernels").glob("*.py")}
     assert kernel_sources <= {Path(n).name for n in names if n.startswith("weakstrong/kernels/")}
+    data_files = {p.relative_to(ROOT).as_posix() for p in (ROOT / "weakstrong").rglob("data/*") if p.is_file()}
+    assert data_files <= set(names), f"package data missing from the wheel: {sorted(data_files - set(names))}"
 
     site = tmp_path / "site"
     install = subprocess.run(

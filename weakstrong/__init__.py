@@ -16,6 +16,16 @@ _LAZY = {
     "load_embedder": "weakstrong.models",
     "MeetingRoomsTask": "weakstrong.tasks",
     "ArithmeticTask": "weakstrong.tasks",
+    "WMSSConfig": "weakstrong.wmss",
+    "WMSSTrainer": "weakstrong.wmss",
+    "Simulation": "weakstrong.agentsim",
+    "SimulationConfig": "weakstrong.agentsim",
+    "export_pairs": "weakstrong.agentsim",
+    "evaluate_personality": "weakstrong.agentsim",
+    "LinguisticRLConfig": "weakstrong.lrl",
+    "LinguisticRLTrainer": "weakstrong.lrl",
+    "TransformersTeacher": "weakstrong.teachers",
+    "OpenAICompatibleTeacher": "weakstrong.teachers",
 }
 
 __all__ = sorted(_LAZY) + ["__version__"]

@@ -14,7 +14,9 @@ import sys
 COMMANDS = {
     "demo": ("weakstrong.demo", "the main job: the embedded model on a built-in task, before/after"),
     "eval": ("weakstrong.eval_cli", "evaluate a model (path, hub id or 'default') on a built-in task"),
+    "lrl": ("weakstrong.lrl.cli", "Linguistic RL: teacher journal → strategy curriculum → student SFT → evaluation"),
     "info": ("weakstrong.info", "versions, device, cache location and whether the embedded models are installed"),
+    "agentsim": ("weakstrong.agentsim.cli", "agent simulation recipe steps: simulate, export, evaluate, telemetry"),
 }
 
 
