@@ -17,7 +17,6 @@ import logging
 import os
 import random
 import socket
-import tempfile
 import threading
 import time
 import urllib.error
@@ -27,6 +26,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, Callable
 
+from .._io import atomic_write
 from .base import (ChatBackendError, ConfigurationError, EndpointUnavailableError, Messages, check_conversations,
                    normalize_sampling)
 
@@ -155,18 +155,7 @@ class OpenAICompatibleChat:
 
     @staticmethod
     def _cache_put(path: Path, body: dict, reply: str) -> None:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=".tmp-", dir=path.parent)
-        try:
-            with os.fdopen(fd, "w", encoding="utf-8") as f:
-                json.dump({"format": CACHE_FORMAT, "request": body, "reply": reply}, f, ensure_ascii=False)
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(tmp, path)
-        except BaseException:
-            if os.path.exists(tmp):
-                os.unlink(tmp)
-            raise
+        atomic_write(path, json.dumps({"format": CACHE_FORMAT, "request": body, "reply": reply}, ensure_ascii=False))
 
     # ------------------------------------------------------------------ one request
     def _one(self, conversation: Messages, opts: dict) -> str:

@@ -22,7 +22,8 @@ from pathlib import Path
 from typing import Any, Callable
 
 from . import prompts
-from .store import append_jsonl, atomic_write, read_jsonl, write_jsonl
+from .._io import atomic_write
+from .store import append_jsonl, read_jsonl, write_jsonl
 
 logger = logging.getLogger(__name__)
 

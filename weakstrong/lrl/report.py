@@ -6,7 +6,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from .store import atomic_write
+from .._io import atomic_write
 
 
 def _pct(x) -> str:
