@@ -450,3 +450,34 @@ def select(providers, args):
             continue
         out.append(p)
     return out
+
+
+def sweep(args, family, providers_by_kernel, shapes, title, note="", clear=None):
+    """Measure every (kernel, (H, V) shape, dtype) point and write ``<family>_<device>-<name>.csv`` + ``.png``.
+
+    ``shapes`` is a list of ``(H, V)``; ``H`` is None for kernels that take logits. The CSV and PNG are rewritten
+    after every sweep, so an interrupted run still leaves what it measured. ``clear`` drops cached inputs between
+    sweeps.
+    """
+    points = []
+    csv_path, png_path = outputs_for(args, family)
+
+    def write():
+        write_csv(csv_path, points, args.device, env_note(args) + note)
+        plot(png_path, points, f"{title} on {device_name(args.device)}", cuda=args.device == "cuda")
+
+    for kernel, provs in providers_by_kernel.items():
+        provs = select(provs, args)
+        for h, v in shapes:
+            for dt in args.dtypes:
+                shape = f"V={v}" if h is None else f"H={h} V={v}"
+                print(f"[{kernel}] {shape} {dt} on {device_name(args.device)}", flush=True)
+                points += run_points(
+                    kernel, provs, args.modes, args.tokens, v, h, dt, args.device, args.reps, args.grad_max_tokens
+                )
+                if clear is not None:
+                    clear()
+                write()
+    write()
+    print("wrote", csv_path, png_path)
+    return points

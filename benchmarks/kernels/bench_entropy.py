@@ -117,26 +117,7 @@ def main(argv=None):
         vocabs_gpu=[151936, 128256],
     )
     args = C.finish_args(p.parse_args(argv))
-    points = []
-    csv_path, png_path = C.outputs_for(args, "entropy")
-    for kernel, provs in providers().items():
-        provs = C.select(provs, args)
-        for v in args.vocab:
-            for dt in args.dtypes:
-                print(f"[{kernel}] V={v} {dt} on {C.device_name(args.device)}", flush=True)
-                points += C.run_points(
-                    kernel, provs, args.modes, args.tokens, v, None, dt, args.device, args.reps, args.grad_max_tokens
-                )
-                _logits.cache_clear()
-                _write(args, points, csv_path, png_path)
-    _write(args, points, csv_path, png_path)
-    print("wrote", csv_path, png_path)
-
-
-def _write(args, points, csv_path, png_path):
-    """Written after every (kernel, V, dtype) sweep, so an interrupted run still leaves results."""
-    C.write_csv(csv_path, points, args.device, C.env_note(args))
-    C.plot(png_path, points, f"entropy kernels on {C.device_name(args.device)}", cuda=args.device == "cuda")
+    C.sweep(args, "entropy", providers(), [(None, v) for v in args.vocab], "entropy kernels", clear=_logits.cache_clear)
 
 
 if __name__ == "__main__":

@@ -157,26 +157,7 @@ def main(argv=None):
     heads = HEADS_GPU if args.device == "cuda" else HEADS_CPU
     if args.vocab:
         heads = [(h, v) for (h, v) in heads if v in args.vocab] or [(heads[0][0], v) for v in args.vocab]
-    points = []
-    csv_path, png_path = C.outputs_for(args, "linear")
-    for kernel, provs in providers().items():
-        provs = C.select(provs, args)
-        for h, v in heads:
-            for dt in args.dtypes:
-                print(f"[{kernel}] H={h} V={v} {dt} on {C.device_name(args.device)}", flush=True)
-                points += C.run_points(
-                    kernel, provs, args.modes, args.tokens, v, h, dt, args.device, args.reps, args.grad_max_tokens
-                )
-                _tensor.cache_clear()
-                _write(args, points, csv_path, png_path)
-    _write(args, points, csv_path, png_path)
-    print("wrote", csv_path, png_path)
-
-
-def _write(args, points, csv_path, png_path):
-    """Written after every (kernel, V, dtype) sweep, so an interrupted run still leaves results."""
-    C.write_csv(csv_path, points, args.device, C.env_note(args))
-    C.plot(png_path, points, f"hidden-state kernels on {C.device_name(args.device)}", cuda=args.device == "cuda")
+    C.sweep(args, "linear", providers(), heads, "hidden-state kernels", clear=_tensor.cache_clear)
 
 
 if __name__ == "__main__":
