@@ -2,21 +2,22 @@
 
 Per seed (training set and training order vary with the seed; the held-out test set is fixed):
 
-* M1 = 1 epoch of SFT from M0, computed once and shared by every arm of the seed;
-* ``sft2``      — 1 more SFT epoch from M1 (2 epochs of SFT: the baseline);
+* ``sft``       — one SFT run of ``--sft-epochs`` epochs from M0 (constant LR), evaluated after every epoch: rows
+                  ``sft1`` (= M1, saved and shared by every other arm of the seed), ``sft2`` (2 epochs of SFT: the
+                  equal-budget baseline), ``sft3`` … (the SFT learning curve: does more SFT still help?);
 * ``wmss``      — 1 WMSS epoch from (weak M0, strong M1), λ = 0.5 (phase 2 + phase 3);
 * ``wd_ds``     — selection only: phase 3 with λ = 1 (the strong model alone on the drawn set);
 * ``wd_jt``     — joint training only: phase 3 on the whole training set, no selection;
 * ``lam0.3``, ``lam0.7`` — WMSS with λ = 0.3 / 0.7.
 
-Arms run in priority order (all seeds of the core comparison first), one CSV row per (seed, arm) as soon as it is
-done, so a run cut short still leaves usable rows; ``--resume`` skips rows already in the CSV. The markdown table
-(mean ± 95% CI, Student t over seeds) is written next to the CSV.
+Arms run in priority order (all seeds of the core comparison first), CSV rows written as soon as an arm is done,
+so a run cut short still leaves usable rows; ``--resume --keep-work`` skips rows already in the CSV. The markdown
+table (mean ± 95% CI, Student t over seeds, and the difference to SFT-2 paired by seed) is written next to the CSV.
 
 ``--profile`` instead measures the time per optimizer step and the peak memory (RSS, each configuration in its
 own process) of an SFT step and a phase-3 step, in full and LoRA modes.
 
-    python benchmarks/methods/wmss_vs_sft.py --seeds 0 1 2 --out benchmarks/methods/results
+    python benchmarks/methods/wmss_vs_sft.py --seeds 0 1 2 --core-only --out benchmarks/methods/results
     python benchmarks/methods/wmss_vs_sft.py --profile --out benchmarks/methods/results
 """
 
@@ -39,16 +40,19 @@ os.environ.setdefault("DS_ACCELERATOR", "cpu")
 
 ARMS = {
     "sft1": "SFT, 1 epoch (M1)",
-    "sft2": "SFT, 2 epochs",
+    "sft2": "SFT, 2 epochs (baseline)",
+    "sft3": "SFT, 3 epochs",
+    "sft4": "SFT, 4 epochs",
     "wmss": "1 SFT + 1 WMSS (λ=0.5)",
     "wd_ds": "1 SFT + WD-DS only (λ=1)",
     "wd_jt": "1 SFT + WD-JT only (no selection)",
     "lam0.3": "1 SFT + 1 WMSS (λ=0.3)",
     "lam0.7": "1 SFT + 1 WMSS (λ=0.7)",
 }
-CORE = ["sft1", "sft2", "wmss"]
+CORE = ["sft", "wmss"]  # "sft" is one run that yields the rows sft1 … sft{--sft-epochs}
 ABLATIONS = ["wd_ds", "wd_jt", "lam0.3", "lam0.7"]
-FIELDS = ["seed", "arm", "accuracy", "correct", "n", "train_s", "eval_s", "train_steps", "drawn", "task"]
+FIELDS = ["seed", "arm", "accuracy", "correct", "n", "train_s", "eval_s", "train_steps", "drawn", "task", "acc_easy",
+          "acc_medium", "acc_hard"]
 T975 = {1: 12.706, 2: 4.303, 3: 3.182, 4: 2.776, 5: 2.571, 6: 2.447, 7: 2.365, 8: 2.306, 9: 2.262}
 
 
@@ -72,7 +76,7 @@ def evaluate_model(model, tok, task, test, opts):
 
 
 def run_seed_arm(seed, arm, opts, task, train, test, work):
-    """Train one arm of one seed; returns the CSV row."""
+    """Train one arm of one seed; returns its CSV rows (the SFT arm gives one row per epoch)."""
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
     from transformers.trainer_callback import PrinterCallback
@@ -85,26 +89,35 @@ def run_seed_arm(seed, arm, opts, task, train, test, work):
     tok = AutoTokenizer.from_pretrained(m0)
     t = time.time()
     drawn = ""
-    if arm == "sft1":
-        # phase 1 only: WMSSTrainer's phase 1 is plain SFT; stop before phase 2 by training with SFTTrainer itself
+    if arm == "sft":
+        # one SFT run of --sft-epochs epochs (constant LR): M1 is saved after epoch 1 for the WMSS arms, and the model
+        # is evaluated after every epoch, so the rows sft1, sft2 (the equal-budget baseline), sft3 ... form the
+        # SFT learning curve of the seed
+        from transformers import TrainerCallback
         from trl import SFTTrainer
 
-        cfg = common_config(os.path.join(work, f"seed{seed}", "sft1"), opts, seed=seed)
-        cfg.num_train_epochs = 1
-        tr = SFTTrainer(m0, args=cfg, train_dataset=train, processing_class=tok)
-        tr.remove_callback(PrinterCallback)
-        tr.train()
-        tr.save_model(m1_dir)
-        model, steps = tr.model, tr.state.global_step
-    elif arm == "sft2":
-        from trl import SFTTrainer
+        rows = []
 
-        cfg = common_config(os.path.join(work, f"seed{seed}", "sft2"), opts, seed=seed)
-        cfg.num_train_epochs = 1
-        tr = SFTTrainer(m1_dir, args=cfg, train_dataset=train, processing_class=tok)
+        class EpochEval(TrainerCallback):
+            def on_epoch_end(self, args, state, control, model=None, **kw):
+                epoch = round(state.epoch)
+                if epoch == 1:
+                    model.save_pretrained(m1_dir)
+                    tok.save_pretrained(m1_dir)
+                model.eval()
+                result, eval_s = evaluate_model(model, tok, task, test, opts)
+                model.train()
+                rows.append(_row(seed, f"sft{epoch}", result, time.time() - t - sum(r["eval_s"] for r in rows),
+                                 eval_s, state.global_step, "", opts))
+                print(json.dumps(rows[-1]), flush=True)
+
+        cfg = common_config(os.path.join(work, f"seed{seed}", "sft"), opts, seed=seed)
+        cfg.num_train_epochs = opts.sft_epochs
+        tr = SFTTrainer(m0, args=cfg, train_dataset=train, processing_class=tok, callbacks=[EpochEval()])
         tr.remove_callback(PrinterCallback)
         tr.train()
-        model, steps = tr.model, tr.state.global_step
+        del tr
+        return rows
     else:
         lam = {"wmss": 0.5, "wd_ds": 1.0, "wd_jt": 0.5, "lam0.3": 0.3, "lam0.7": 0.7}[arm]
         cfg = common_config(os.path.join(work, f"seed{seed}", arm), opts, seed=seed, weak_model=m0, mix_lambda=lam,
@@ -118,9 +131,14 @@ def run_seed_arm(seed, arm, opts, task, train, test, work):
     result, eval_s = evaluate_model(model, tok, task, test, opts)
     del model, tr
     torch.cuda.empty_cache() if torch.cuda.is_available() else None
+    return [_row(seed, arm, result, train_s, eval_s, steps, drawn, opts)]
+
+
+def _row(seed, arm, result, train_s, eval_s, steps, drawn, opts):
     return {"seed": seed, "arm": arm, "accuracy": round(result["accuracy"], 4),
             "correct": round(result["accuracy"] * result["n"]), "n": result["n"], "train_s": round(train_s, 1),
-            "eval_s": round(eval_s, 1), "train_steps": steps, "drawn": drawn, "task": opts.task}
+            "eval_s": round(eval_s, 1), "train_steps": steps, "drawn": drawn, "task": opts.task,
+            **{f"acc_{d}": round(v["accuracy"], 4) for d, v in sorted(result.get("per_difficulty", {}).items())}}
 
 
 def mean_ci(values):
@@ -135,14 +153,28 @@ def write_table(rows, path_md, opts):
     by_arm = {}
     for r in rows:
         by_arm.setdefault(r["arm"], []).append(100 * float(r["accuracy"]))
-    lines = [f"| arm | seeds | accuracy % (mean ± 95% CI) | per seed |", "|---|---|---|---|"]
+    # every arm of a seed shares that seed's training set and M1, so differences to SFT-2 are paired by seed
+    base = {int(r["seed"]): 100 * float(r["accuracy"]) for r in rows if r["arm"] == "sft2"}
+    lines = ["| arm | seeds | accuracy % (mean ± 95% CI) | Δ vs SFT 2 epochs, paired (mean ± 95% CI) | per seed |",
+             "|---|---|---|---|---|"]
     for arm in ARMS:
         if arm not in by_arm:
             continue
         vals = by_arm[arm]
         m, h = mean_ci(vals)
         ci = "n/a" if math.isnan(h) else f"± {h:.1f}"
-        lines.append(f"| {ARMS[arm]} | {len(vals)} | {m:.1f} {ci} | {', '.join(f'{v:.1f}' for v in vals)} |")
+        diffs = [100 * float(r["accuracy"]) - base[int(r["seed"])] for r in rows
+                 if r["arm"] == arm and int(r["seed"]) in base]
+        if arm == "sft2" or not diffs:
+            delta = "—"
+        else:
+            dm, dh = mean_ci(diffs)
+            delta = f"{dm:+.1f} " + ("(1 seed)" if math.isnan(dh) else f"± {dh:.1f}")
+        lines.append(f"| {ARMS[arm]} | {len(vals)} | {m:.1f} {ci} | {delta} | {', '.join(f'{v:.1f}' for v in vals)} |")
+    n = {str(r["n"]) for r in rows}
+    lines.append("")
+    lines.append(f"Task {opts.task}, {opts.train_size} training problems per seed, {'/'.join(sorted(n))} held-out test "
+                 f"problems, batch {opts.batch_size}, lr {opts.lr:g} (constant), 95% CI = Student t over seeds.")
     text = "\n".join(lines) + "\n"
     with open(path_md, "w") as f:
         f.write(text)
@@ -163,6 +195,7 @@ def run_efficacy(opts):
         with open(csv_path) as f:
             rows = list(csv.DictReader(f))
     done = {(int(r["seed"]), r["arm"]) for r in rows}
+    done |= {(s, "sft") for s, a in list(done) if a == f"sft{opts.sft_epochs}"}
     task = get_task(opts.task)
     test = task.generate(opts.test_size, seed=10_000)
     plan = [(s, a) for s in opts.seeds for a in CORE]
@@ -174,11 +207,14 @@ def run_efficacy(opts):
             continue
         train = task.generate(opts.train_size, seed=100 + seed)
         t = time.time()
-        row = run_seed_arm(seed, arm, opts, task, train, test, opts.work)
-        rows.append(row)
-        print(json.dumps(row), f"({time.time() - t:.0f}s)", flush=True)
+        if arm != "sft" and not os.path.isdir(os.path.join(opts.work, f"seed{seed}", "m1")):
+            raise SystemExit(f"M1 of seed {seed} is not in {opts.work}: rerun without --resume for this seed, or keep "
+                             "the scratch folder between runs with --keep-work")
+        new = run_seed_arm(seed, arm, opts, task, train, test, opts.work)
+        rows = [r for r in rows if (int(r["seed"]), r["arm"]) not in {(x["seed"], x["arm"]) for x in new}] + new
+        print(json.dumps(new[-1]), f"({time.time() - t:.0f}s)", flush=True)
         with open(csv_path, "w", newline="") as f:
-            w = csv.DictWriter(f, fieldnames=FIELDS)
+            w = csv.DictWriter(f, fieldnames=FIELDS, extrasaction="ignore")
             w.writeheader()
             w.writerows(rows)
         print(write_table(rows, md_path, opts), flush=True)
@@ -280,13 +316,14 @@ def main(argv=None):
     p.add_argument("--model", default="default")
     p.add_argument("--task", default="arithmetic", choices=["arithmetic", "meeting_rooms"])
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-    p.add_argument("--arms", nargs="+", default=list(ARMS), choices=list(ARMS))
-    p.add_argument("--core-only", action="store_true", help="only SFT-1, SFT-2 and WMSS")
+    p.add_argument("--arms", nargs="+", default=CORE + ABLATIONS, choices=CORE + ABLATIONS)
+    p.add_argument("--sft-epochs", type=int, default=2, help="epochs of the SFT run (≥ 2: epoch 2 is the baseline)")
+    p.add_argument("--core-only", action="store_true", help="only the SFT run and WMSS")
     p.add_argument("--train-size", type=int, default=64)
     p.add_argument("--test-size", type=int, default=64)
     p.add_argument("--batch-size", type=int, default=8)
-    p.add_argument("--lr", type=float, default=5e-5)
-    p.add_argument("--max-new-tokens", type=int, default=96)
+    p.add_argument("--lr", type=float, default=1e-4)
+    p.add_argument("--max-new-tokens", type=int, default=80)
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--seed-base", type=int, default=0)
     p.add_argument("--out", default=os.path.join(os.path.dirname(os.path.abspath(__file__)), "results"))
