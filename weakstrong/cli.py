@@ -14,7 +14,9 @@ import sys
 COMMANDS = {
     "demo": ("weakstrong.demo", "the main job: the embedded model on a built-in task, before/after"),
     "eval": ("weakstrong.eval_cli", "evaluate a model (path, hub id or 'default') on a built-in task"),
+    "wmss": ("weakstrong.wmss.cli", "WMSS (weak-driven learning): SFT → entropy selection → joint training, one process"),
     "lrl": ("weakstrong.lrl.cli", "Linguistic RL: teacher journal → strategy curriculum → student SFT → evaluation"),
+    "lrl-student": ("weakstrong.lrl.student_cli", "Linguistic RL stage 3 only: the student's SFT on a curriculum on disk"),
     "info": ("weakstrong.info", "versions, device, cache location and whether the embedded models are installed"),
     "agentsim": ("weakstrong.agentsim.cli", "agent simulation recipe steps: simulate, export, evaluate, telemetry"),
 }

@@ -1,7 +1,7 @@
 """LoRA SFT on the exported pairs with TRL (SFTTrainer / SFTConfig, TrlParser YAML):
 
     python recipes/agentsim/train.py --config recipes/agentsim/small.yaml
-    accelerate launch recipes/agentsim/train.py --config recipes/agentsim/lewis.yaml
+    accelerate launch --config_file recipes/accelerate/ddp.yaml recipes/agentsim/train.py --config recipes/agentsim/lewis.yaml
 
 The recipe YAML's flat keys are SFTConfig / ModelConfig fields (defaults here: LoRA r=16, alpha=32, 3 epochs);
 its nested sections (simulation, backend, export, evaluate) belong to the other steps and are skipped. Any key
@@ -17,6 +17,7 @@ from trl import ModelConfig, SFTConfig, TrlParser
 
 from weakstrong.agentsim.recipe import SECTIONS, paths
 from weakstrong.agentsim.training import TRAIN_DEFAULTS, train_sft
+from weakstrong.distributed import distributed_run, trainer_defaults
 
 
 @dataclass
@@ -28,7 +29,7 @@ class AgentsimTrainArguments:
 
 def main(argv=None):
     parser = TrlParser((AgentsimTrainArguments, SFTConfig, ModelConfig))
-    parser.set_defaults(use_peft=True, model_name_or_path="default", **TRAIN_DEFAULTS)
+    parser.set_defaults(use_peft=True, model_name_or_path="default", **TRAIN_DEFAULTS, **trainer_defaults())
     run_args, sft_args, model_args, from_config, from_cli = parser.parse_args_and_config(
         argv, return_remaining_strings=True, separate_remaining_strings=True)
     unknown = [k[2:] for k in from_config[::2] if k[2:] not in SECTIONS]
@@ -43,4 +44,5 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    main()
+    with distributed_run():  # gloo process group on CPU-only machines; destroyed at exit
+        main()

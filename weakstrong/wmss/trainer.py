@@ -16,6 +16,7 @@ holding its checkpoints; every checkpoint carries ``wmss_state.json`` (phase, ro
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import glob
 import json
@@ -31,6 +32,7 @@ from transformers import set_seed
 from trl import SFTTrainer
 
 from .config import WMSSConfig
+from ..distributed import gather_in_order, shard_indices
 from .joint import JointModel
 from .plots import write_entropies
 from .selection import (
@@ -143,6 +145,14 @@ class WMSSTrainer(SFTTrainer):
         if self._lora and weak_given:
             raise ValueError("weak_model is not used in LoRA mode (round 1's weak model is the base model with the "
                              "adapter disabled). Fix: drop weak_model, or drop peft_config for full fine-tuning.")
+        if (self._lora and args.gradient_checkpointing and self.is_deepspeed_enabled
+                and self.accelerator.state.deepspeed_plugin.zero_stage == 3):
+            # Phase 3 runs the same PeftModel twice per step (weak = other/disabled adapter, then strong); under
+            # ZeRO-3 the checkpointed recomputation then sees released (empty) parameters and torch raises
+            # "CheckpointError: Recomputed values ... have different metadata" in the first backward.
+            raise ValueError("WMSS LoRA mode under DeepSpeed ZeRO-3 does not support gradient_checkpointing yet "
+                             "(phase 3 fails with a torch CheckpointError). Fix: set gradient_checkpointing=False, "
+                             "or use ZeRO-2 / DDP, or full fine-tuning (use_peft=false).")
         if self._lora and not args.freeze_weak:
             logger.warning("WMSS LoRA mode: in round 1 the weak model is the base model with the adapter disabled, "
                            "so it is frozen (freeze_weak=False applies from round 2, where it is a second adapter).")
@@ -177,8 +187,8 @@ class WMSSTrainer(SFTTrainer):
         return create_model_from_path(source, **kwargs)
 
     def _check_vocab(self, weak, strong):
-        vw = weak.get_output_embeddings().weight.shape[0]
-        vs = strong.get_output_embeddings().weight.shape[0]
+        vw = _full_shape(weak.get_output_embeddings().weight)[0]
+        vs = _full_shape(strong.get_output_embeddings().weight)[0]
         if vw != vs:
             raise ValueError(
                 f"The weak model's vocabulary ({vw} tokens) differs from the strong model's ({vs}): their logits "
@@ -226,6 +236,20 @@ class WMSSTrainer(SFTTrainer):
         self._joint = JointModel(strong, self._weak, lam=self.args.mix_lambda, freeze_weak=freeze,
                                  weak_adapter=self._weak_adapter)
 
+    def _release_engine(self):
+        """Tear down the DeepSpeed engine of the previous phase (phase 1, or the previous round's phase 3).
+
+        Its ZeRO hooks (gradient reduction, ZeRO-3 parameter fetching) sit on the strong model's parameters; left
+        in place they would fire again inside the next phase's engine, which wraps the :class:`JointModel` (strong
+        + weak in ONE engine, so ZeRO-3 partitions both and, with ``freeze_weak=False``, its optimizer trains
+        both). Parameters stay partitioned; :func:`gathered_for_forward` gathers them for phase 2.
+        """
+        engine = self.model_wrapped
+        if self.is_deepspeed_enabled and engine is not None and hasattr(engine, "destroy") and hasattr(engine, "module"):
+            engine.destroy()
+            self.model_wrapped = self.model
+            self.deepspeed = None
+
     def _snapshot_dir(self, r: int) -> str:
         return os.path.join(self._root_dir, f"round-{r}", "strong-start")
 
@@ -244,13 +268,19 @@ class WMSSTrainer(SFTTrainer):
         bs = args.entropy_batch_size
         n = len(data)
         self._event("phase", phase="entropy", round=r, total=2 * n)
+        # Several processes: each measures a contiguous block of rows; the blocks are gathered back in dataset
+        # order, so every process holds the same entropies and draws the same (seeded) indices.
+        acc = self.accelerator
+        mine = shard_indices(n, acc.process_index, acc.num_processes)
+        part = data if len(mine) == n else data.select(mine.tolist())
         with torch.no_grad():
-            with self._joint.branch("strong") as m:
-                hs = example_entropies(m, data, batch_size=bs, pad_token_id=pad,
+            with self._joint.branch("strong") as m, gathered_for_forward(m):
+                hs = example_entropies(m, part, batch_size=bs, pad_token_id=pad,
                                        progress=lambda k: self._event("advance", k=k))
-            with self._joint.branch("weak") as m:
-                hw = example_entropies(m, data, batch_size=bs, pad_token_id=pad,
+            with self._joint.branch("weak") as m, gathered_for_forward(m):
+                hw = example_entropies(m, part, batch_size=bs, pad_token_id=pad,
                                        progress=lambda k: self._event("advance", k=k))
+        hs, hw = gather_in_order(hs, n, acc), gather_in_order(hw, n, acc)
         original = np.asarray(data[INDEX_COLUMN], dtype=np.int64)
         weights = sampling_weights(hs, hw, args.alpha, args.beta, args.gamma, args.weight_formula)
         seed = args.seed if args.selection_seed is None else args.selection_seed
@@ -329,13 +359,14 @@ class WMSSTrainer(SFTTrainer):
                                      ignore_keys_for_eval)
         for r in range(start_round, args.rounds + 1):
             resume_joint = ckpt is not None and start_phase == "joint" and r == start_round
+            self._release_engine()
             self._setup_weak(r)
             if resume_joint:
                 indices = [int(i) for i in state["indices"]]
             else:
                 indices = self.select(r)
-                if r < args.rounds and args.should_save:  # the next round's weak model
-                    self._unwrapped_strong().save_pretrained(self._snapshot_dir(r))
+                if r < args.rounds:  # the next round's weak model
+                    self._save_strong(self._snapshot_dir(r), tokenizer=False)
             output = self._run_joint(r, indices, ckpt if resume_joint else None, trial, ignore_keys_for_eval)
         self._phase = None
         self._joint_keep_weak_for_inspection()
@@ -400,13 +431,32 @@ class WMSSTrainer(SFTTrainer):
             return
         os.makedirs(output_dir, exist_ok=True)
         strong = self._unwrapped_strong()
+        if state_dict is not None and any(k.startswith("strong.") for k in state_dict):
+            # a consolidated JointModel state dict (DeepSpeed / FSDP save path): split it by branch
+            branches = {"strong": {}, "weak": {}}
+            for k, v in state_dict.items():
+                head, _, rest = k.partition(".")
+                if head in branches:
+                    branches[head][rest] = v
+            if self._phase != "joint":  # save_model after training: the strong model only
+                branches["weak"] = {}
+        else:
+            branches = None
         if self._phase == "joint":
             if self._lora:
-                strong.save_pretrained(output_dir)  # default adapter at the root, "weak" (if any) in weak/
+                # default adapter at the root, "weak" (if any) in weak/
+                strong.save_pretrained(output_dir, **({"state_dict": branches["strong"]} if branches else {}))
             else:
-                strong.save_pretrained(output_dir)
+                strong.save_pretrained(output_dir, **({"state_dict": branches["strong"]} if branches else {}))
                 if self._weak is not None:
-                    self.accelerator.unwrap_model(self._weak).save_pretrained(os.path.join(output_dir, WEAK_SUBDIR))
+                    weak_sd = {"state_dict": branches["weak"]} if branches and branches["weak"] else {}
+                    self.accelerator.unwrap_model(self._weak).save_pretrained(os.path.join(output_dir, WEAK_SUBDIR),
+                                                                              **weak_sd)
+        elif branches is not None:
+            if self._lora:
+                strong.save_pretrained(output_dir, selected_adapters=["default"], state_dict=branches["strong"])
+            else:
+                strong.save_pretrained(output_dir, state_dict=branches["strong"])
         elif self._lora:
             strong.save_pretrained(output_dir, selected_adapters=["default"])
         else:
@@ -414,6 +464,29 @@ class WMSSTrainer(SFTTrainer):
         if self.processing_class is not None:
             self.processing_class.save_pretrained(output_dir)
         torch.save(self.args, os.path.join(output_dir, "training_args.bin"))
+
+    def save_model(self, output_dir: str | None = None, _internal_call: bool = False):
+        """Inside a phase: the Trainer's own path (checkpoints). Otherwise (after ``train()``): the strong model,
+        consolidated from every process under DeepSpeed ZeRO-3 / FSDP, written by the main process."""
+        if self._phase is not None or not (self.is_deepspeed_enabled or self.is_fsdp_enabled):
+            return super().save_model(output_dir, _internal_call=_internal_call)
+        output_dir = output_dir if output_dir is not None else self.args.output_dir
+        self._save_strong(output_dir)
+
+    def _save_strong(self, output_dir: str, tokenizer: bool = True):
+        """Write the strong model (LoRA: its default adapter); collective under ZeRO-3 (call on every process)."""
+        strong = self._unwrapped_strong()
+        state_dict = full_state_dict(strong, self.accelerator)
+        if self.args.should_save:
+            os.makedirs(output_dir, exist_ok=True)
+            if self._lora:
+                strong.save_pretrained(output_dir, selected_adapters=["default"], state_dict=state_dict)
+            else:
+                strong.save_pretrained(output_dir, state_dict=state_dict)
+            if tokenizer and self.processing_class is not None:
+                self.processing_class.save_pretrained(output_dir)
+                torch.save(self.args, os.path.join(output_dir, "training_args.bin"))
+        self.accelerator.wait_for_everyone()
 
     def _load_from_checkpoint(self, resume_from_checkpoint, model=None):
         if self._phase != "joint":
@@ -442,7 +515,7 @@ class WMSSTrainer(SFTTrainer):
         loss = out.loss_sum / torch.as_tensor(denom, device=out.loss_sum.device).clamp(min=1)
         if self.args.average_tokens_across_devices and num_items_in_batch is not None:
             loss = loss * self.accelerator.num_processes
-        gather = self.accelerator.gather_for_metrics
+        gather = self.accelerator.gather  # one value per process: token-weighted sums, never per-process means
         n = gather(out.num_tokens.reshape(1)).sum().clamp(min=1).float()
         mixed = gather(out.loss_sum.detach().float().reshape(1)).sum() / n
         strong_ce = gather(out.strong_ce_sum.reshape(1)).sum() / n
@@ -486,3 +559,46 @@ def _load_weights(model, folder: str):
     missing = [k for k in missing if k not in tied and not k.endswith("lm_head.weight")]
     if missing or unexpected:
         raise RuntimeError(f"checkpoint {folder} does not match the model: missing {missing[:5]}, unexpected {unexpected[:5]}")
+
+
+def _full_shape(param) -> torch.Size:
+    """A parameter's shape, also when ZeRO-3 has partitioned it (``ds_shape``)."""
+    return getattr(param, "ds_shape", None) or param.shape
+
+
+def _zero3_params(module) -> list:
+    return [p for p in module.parameters() if hasattr(p, "ds_id")]
+
+
+@contextlib.contextmanager
+def gathered_for_forward(module):
+    """Make a module whose parameters ZeRO-3 partitioned usable in plain forwards on one process.
+
+    Phase 2 runs outside any engine (its hooks are released between phases) and each process measures its own
+    rows, so the full parameters are gathered once (read-only, ``modifier_rank=None``) for the whole pass and
+    re-partitioned afterwards. A no-op for ordinary parameters (one process, DDP, ZeRO-1/2).
+    """
+    params = _zero3_params(module)
+    if not params:
+        yield module
+        return
+    import deepspeed
+
+    with deepspeed.zero.GatheredParameters(params, modifier_rank=None):
+        yield module
+
+
+def full_state_dict(model, accelerator) -> dict | None:
+    """The model's full state dict (clones, on CPU) when ZeRO-3 partitioned it, else ``None`` (use the model's own).
+
+    Collective: every process must call it.
+    """
+    params = _zero3_params(model)
+    if not params:
+        return None
+    import deepspeed
+
+    with deepspeed.zero.GatheredParameters(params, modifier_rank=None):
+        if accelerator.is_main_process:
+            return {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
+    return None

@@ -1,0 +1,117 @@
+"""``weakstrong lrl-student`` and ``recipes/lrl/train_student.py``: stage 3 of Linguistic RL (the student's SFT) on
+a curriculum already on disk, in one process or many (``accelerate launch``).
+
+The curriculum is what stage 2 wrote (``OUTPUT_DIR/curriculum/curriculum.jsonl`` of a ``weakstrong lrl`` run),
+or any prompt/completion (or messages) JSONL / ``save_to_disk`` folder. Arguments: :class:`StudentScriptArguments`,
+:class:`~weakstrong.lrl.LinguisticRLConfig` (its SFTConfig + LoRA fields; the loop fields are unused) and
+:class:`~weakstrong.lrl.cli.LRLModelArguments`, parsed with TRL's ``TrlParser``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+from dataclasses import dataclass, field
+
+HISTORY_NAME = "student_log_history.json"
+
+
+@dataclass
+class StudentScriptArguments:
+    curriculum: str = field(
+        default="lrl-output/curriculum/curriculum.jsonl",
+        metadata={"help": "The curriculum: stage 2's curriculum.jsonl, another JSONL, or a save_to_disk folder."},
+    )
+    final_dir: str | None = field(default=None, metadata={"help": "Where the student goes (default OUTPUT_DIR/student)."})
+    resume_student: str | None = field(default=None, metadata={"help": "'true' or a checkpoint folder to resume from."})
+
+
+def build_parser():
+    from trl import TrlParser
+
+    from .cli import LRLModelArguments
+    from .config import LinguisticRLConfig
+
+    return TrlParser((StudentScriptArguments, LinguisticRLConfig, LRLModelArguments))
+
+
+def load_curriculum(path: str):
+    from datasets import DatasetDict, load_dataset, load_from_disk
+
+    if os.path.isdir(path):
+        data = load_from_disk(path)
+        return data["train"] if isinstance(data, DatasetDict) else data
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"no curriculum at {path}: run `weakstrong lrl` (stage 2 writes "
+                                "OUTPUT_DIR/curriculum/curriculum.jsonl) or point --curriculum to your data")
+    return load_dataset("json", data_files=path, split="train")
+
+
+def run(script, config, model_args) -> dict:
+    from transformers import TrainerCallback
+
+    from .student import LinguisticRLStudentTrainer
+
+    if model_args.dtype:
+        config.model_init_kwargs = {**(config.model_init_kwargs or {}), "dtype": model_args.dtype}
+    history: list[dict] = []
+
+    class History(TrainerCallback):
+        def on_log(self, args, state, control, logs=None, **kwargs):
+            if logs:
+                history.append(dict(logs))
+
+    data = load_curriculum(script.curriculum)
+    keep = [c for c in ("prompt", "completion", "messages") if c in data.column_names]
+    data = data.select_columns(keep)
+    trainer = LinguisticRLStudentTrainer(model_args.model_name_or_path, args=config, train_dataset=data,
+                                         callbacks=[History()])
+    resume = script.resume_student
+    if isinstance(resume, str) and resume.lower() in ("true", "false", "none", ""):
+        resume = {"true": True}.get(resume.lower())
+    trainer.train(resume_from_checkpoint=resume)
+    final = script.final_dir or os.path.join(config.output_dir, "student")
+    trainer.save_model(final)
+    summary = {"final": final, "num_processes": trainer.accelerator.num_processes, "log_history": history}
+    if trainer.accelerator.is_main_process:
+        os.makedirs(config.output_dir, exist_ok=True)
+        with open(os.path.join(config.output_dir, HISTORY_NAME), "w") as f:
+            json.dump(summary, f, indent=1)
+    trainer.accelerator.wait_for_everyone()
+    return summary
+
+
+def main_from_argv(argv=None) -> int:
+    from ..distributed import distributed_run, trainer_defaults
+
+    with distributed_run():
+        parser = build_parser()
+        parser.set_defaults(**trainer_defaults())
+        script, config, model_args = parser.parse_args_and_config(args=argv)
+        run(script, config, model_args)
+    return 0
+
+
+def add_arguments(parser) -> None:
+    parser.formatter_class = argparse.RawDescriptionHelpFormatter
+    parser.epilog = ("Any StudentScriptArguments / LinguisticRLConfig / LRLModelArguments field can be given as "
+                     "--name value; see recipes/lrl/student.yaml. For several processes: accelerate launch "
+                     "--config_file recipes/accelerate/ddp.yaml recipes/lrl/train_student.py --config "
+                     "recipes/lrl/student.yaml")
+    parser.add_argument("--config", default=None, help="YAML recipe (e.g. recipes/lrl/student.yaml)")
+    parse_known = parser.parse_known_args
+
+    def parse_known_args(args=None, namespace=None):
+        ns, extras = parse_known(args, namespace)
+        ns.overrides = list(getattr(ns, "overrides", None) or []) + list(extras)
+        return ns, []
+
+    parser.parse_known_args = parse_known_args
+
+
+def main(args) -> int:
+    argv = (["--config", args.config] if args.config else []) + list(args.overrides or [])
+    if "--output_dir" not in argv and not args.config:
+        argv += ["--output_dir", "lrl-output"]
+    return main_from_argv(argv)
