@@ -26,6 +26,8 @@ def test_shipped_recipes_are_valid(name):
     recipe = load_recipe(RECIPES / name)
     cfg = SimulationConfig.from_dict(recipe["simulation"])
     ExportConfig.from_dict(recipe["export"])
+    # the embedded 135M judge cannot write JSON: small.yaml reads its digit probabilities instead
+    assert recipe["evaluate"]["judge_mode"] == {"small.yaml": "probs", "lewis.yaml": "json"}[name]
     if name == "lewis.yaml":
         assert (cfg.agents, cfg.days, cfg.episodic_every, cfg.semantic_every) == (474, 7, 20, 40)
         assert recipe["backend"]["type"] == "openai"

@@ -26,6 +26,7 @@ _LAZY = {
     "evaluate_personality": "weakstrong.agentsim.evaluation",
     "load_prompts": "weakstrong.agentsim.evaluation",
     "judge_responses": "weakstrong.agentsim.evaluation",
+    "judge_probs": "weakstrong.agentsim.evaluation",
     "personality_markdown": "weakstrong.agentsim.evaluation",
     "cross_agent_std": "weakstrong.agentsim.metrics",
     "within_agent_std": "weakstrong.agentsim.metrics",

@@ -6,7 +6,7 @@ One file drives a whole run::
     simulation: {agents: 12, days: 3, ...} # SimulationConfig fields
     backend: {type: transformers, model: default, batch_size: 16}
     export: {split: time, ...}             # ExportConfig fields
-    evaluate: {n_agents: 10, judge: {type: transformers, model: default}, ...}
+    evaluate: {n_agents: 10, judge: {type: transformers, model: default}, judge_mode: probs, ...}
     # flat TRL keys (SFTConfig + ModelConfig) for train.py, read by TrlParser:
     model_name_or_path: default
     num_train_epochs: 3
@@ -14,6 +14,8 @@ One file drives a whole run::
 
 ``backend`` (and ``evaluate.judge``) ``type``: ``transformers`` (``model``, ``batch_size``, ``max_new_tokens``...),
 ``openai`` (``base_url``, ``model``, ``api_key_env``, ``concurrency``, ``max_retries``...) or ``scripted`` (tests).
+``evaluate.judge_mode``: ``json`` (the judge writes JSON scores) or ``probs`` (expected digit from the judge's
+next-token probabilities of 1-5; for small judges): see :func:`weakstrong.agentsim.evaluation.judge_probs`.
 """
 
 from __future__ import annotations
@@ -25,7 +27,7 @@ import yaml
 from .config import ConfigError
 
 SECTIONS = ("run_dir", "simulation", "backend", "export", "evaluate", "env")
-EVALUATE_KEYS = {"n_agents", "per_category", "judge", "memory_variant", "temperature", "max_new_tokens",
+EVALUATE_KEYS = {"n_agents", "per_category", "judge", "judge_mode", "memory_variant", "temperature", "max_new_tokens",
                  "judge_temperature", "judge_retries", "judge_max_new_tokens", "n_boot", "seed", "batch_size",
                  "tuned_model", "report_dir"}
 

@@ -10,7 +10,9 @@ string per conversation. Sampling options are keyword arguments with the same na
 
 from __future__ import annotations
 
-from typing import Any, Protocol, runtime_checkable
+from typing import Any, NamedTuple, Protocol, runtime_checkable
+
+import numpy as np
 
 Messages = list[dict[str, str]]
 
@@ -34,6 +36,26 @@ class ChatBackend(Protocol):
     """Anything with ``generate(conversations, **sampling) -> list[str]`` (one reply per conversation)."""
 
     def generate(self, conversations: list[Messages], **sampling: Any) -> list[str]: ...
+
+
+class ChoiceProbs(NamedTuple):
+    """What ``choice_probs`` returns (unpacks as ``probs, mass``).
+
+    ``probs[i, k]``: the probability of ``choices[k]`` as the next token of conversation ``i``, renormalized over
+    the choices (rows sum to 1; a row of NaN when none of the choices could be read, e.g. absent from an
+    endpoint's top logprobs). ``mass[i]``: the probability the choices had among the full vocabulary before
+    renormalizing — a sanity measure: a small mass means the model did not take the question as intended.
+    """
+
+    probs: np.ndarray
+    mass: np.ndarray
+
+
+@runtime_checkable
+class ChoiceScorer(Protocol):
+    """A backend that can score a closed set of one-token answers from one forward pass (no sampling)."""
+
+    def choice_probs(self, conversations: list[Messages], choices: list[str]) -> ChoiceProbs: ...
 
 
 def normalize_sampling(defaults: dict[str, Any], sampling: dict[str, Any]) -> dict[str, Any]:

@@ -27,8 +27,10 @@ from pathlib import Path
 from typing import Any, Callable
 
 from .._io import atomic_write
-from .base import (ChatBackendError, ConfigurationError, EndpointUnavailableError, Messages, check_conversations,
-                   normalize_sampling)
+import numpy as np
+
+from .base import (ChatBackendError, ChoiceProbs, ConfigurationError, EndpointUnavailableError, Messages,
+                   check_conversations, normalize_sampling)
 
 logger = logging.getLogger(__name__)
 
@@ -126,6 +128,75 @@ class OpenAICompatibleChat:
         with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="chat") as pool:
             return list(pool.map(lambda c: self._one(c, opts), conversations))
 
+    def choice_probs(self, conversations: list[Messages], choices: list[str], top_logprobs: int = 20) -> ChoiceProbs:
+        """Next-token probabilities of one-token ``choices`` (e.g. ``"1".."5"``) from one-token completions with
+        ``logprobs`` (``max_tokens=1, temperature=0, logprobs=true, top_logprobs=20``).
+
+        A choice's probability sums the top-logprob entries that spell it once stripped of spaces (``"3"``,
+        ``" 3"``); a choice absent from the top list counts 0. Rows are renormalized over the choices; ``mass``
+        is the choices' share of the whole distribution (a lower bound: only the top entries are visible). A
+        reply where no choice appears gives a row of NaN and mass 0. Replies are cached like ``generate``'s.
+        """
+        conversations = check_conversations(conversations)
+        choices = [str(c) for c in choices]
+        if not choices:
+            raise ValueError("choices is empty")
+        if len(set(c.strip() for c in choices)) != len(choices):
+            raise ValueError(f"choices {choices} must be distinct once stripped of spaces")
+        index = {c.strip(): j for j, c in enumerate(choices)}
+        n, k = len(conversations), len(choices)
+        probs, mass = np.full((n, k), np.nan), np.zeros(n)
+
+        def one(conv):
+            body = {"model": self.model, "messages": conv, "temperature": 0.0, "max_tokens": 1,
+                    "logprobs": True, "top_logprobs": int(top_logprobs), **self.extra_body}
+            path = self._cache_path(self.cache_key(body))
+            cached = self._cache_get(path)
+            if cached is not None:
+                with self._lock:
+                    self.stats["cache_hits"] += 1
+                return json.loads(cached)
+            top = self._post_with_retries(body, self._post_top_logprobs)
+            if path is not None:
+                self._cache_put(path, body, json.dumps(top))
+            return top
+
+        workers = min(self.concurrency, max(1, n))
+        if workers == 1:
+            tops = [one(c) for c in conversations]
+        else:
+            with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="chat") as pool:
+                tops = list(pool.map(one, conversations))
+        for i, top in enumerate(tops):
+            row = np.zeros(k)
+            for item in top:
+                j = index.get(str(item.get("token", "")).strip())
+                lp = item.get("logprob")
+                if j is not None and isinstance(lp, (int, float)) and np.isfinite(lp):
+                    row[j] += float(np.exp(lp))
+            mass[i] = row.sum()
+            if mass[i] > 0:
+                probs[i] = row / mass[i]
+        return ChoiceProbs(probs, mass)
+
+    def _post_top_logprobs(self, body: dict) -> list[dict]:
+        """The first generated token's ``top_logprobs`` list (``[{"token", "logprob"}, ...]``)."""
+        payload = self._post_payload(body)
+        try:
+            first = payload["choices"][0]
+        except (KeyError, IndexError, TypeError):
+            raise _Retryable("the reply has no choices[0]") from None
+        logprobs = first.get("logprobs") if isinstance(first, dict) else None
+        content = logprobs.get("content") if isinstance(logprobs, dict) else None
+        if not content:
+            raise ChatBackendError(
+                f"{self.url} (model {self.model!r}) returned no logprobs: this server or model does not support "
+                "'logprobs'/'top_logprobs' on chat completions; use judge_mode='json' instead")
+        top = content[0].get("top_logprobs") if isinstance(content[0], dict) else None
+        if not isinstance(top, list):
+            top = [{"token": content[0].get("token"), "logprob": content[0].get("logprob")}]
+        return [{"token": t.get("token"), "logprob": t.get("logprob")} for t in top if isinstance(t, dict)]
+
     def request_body(self, conversation: Messages, opts: dict) -> dict:
         """The JSON body sent for one conversation (also what the cache key hashes)."""
         body = {"model": self.model, "messages": conversation, "temperature": float(opts["temperature"]),
@@ -179,11 +250,11 @@ class OpenAICompatibleChat:
             delay = max(delay, min(retry_after, self.backoff_max))
         return delay
 
-    def _post_with_retries(self, body: dict) -> str:
+    def _post_with_retries(self, body: dict, post: Callable[[dict], Any] | None = None):
         last = "no attempt made"
         for attempt in range(self.max_retries + 1):
             try:
-                return self._post(body)
+                return (post or self._post)(body)
             except _Retryable as err:
                 last = str(err)
                 if attempt == self.max_retries:
@@ -199,6 +270,15 @@ class OpenAICompatibleChat:
             "(replies are cached and the LRL loop resumes after its last completed batch): rerun the same command.")
 
     def _post(self, body: dict) -> str:
+        payload = self._post_payload(body)
+        try:
+            content = payload["choices"][0]["message"].get("content")
+        except (KeyError, IndexError, TypeError, AttributeError):
+            raise _Retryable("the reply has no choices[0].message") from None
+        return content if isinstance(content, str) else ""
+
+    def _post_payload(self, body: dict) -> dict:
+        """POST one request; the decoded JSON reply (retryable failures raise :class:`_Retryable`)."""
         data = json.dumps(body).encode()
         headers = {"Content-Type": "application/json", "Accept": "application/json"}
         key = os.environ.get(self.api_key_env, "") if self.api_key_env else ""
@@ -224,11 +304,7 @@ class OpenAICompatibleChat:
             raise _Retryable("the reply is not a JSON object")
         if payload.get("error"):
             raise ChatBackendError(f"{self.url} returned an error: {str(payload['error'])[:300]}")
-        try:
-            content = payload["choices"][0]["message"].get("content")
-        except (KeyError, IndexError, TypeError, AttributeError):
-            raise _Retryable("the reply has no choices[0].message") from None
-        return content if isinstance(content, str) else ""
+        return payload
 
     def _raise_for_status(self, err: urllib.error.HTTPError):
         status = err.code

@@ -4,9 +4,10 @@ from __future__ import annotations
 
 from typing import Any, Callable
 
+import numpy as np
 import torch
 
-from .base import Messages, check_conversations, normalize_sampling
+from .base import ChoiceProbs, Messages, check_conversations, normalize_sampling
 
 
 def _cut_at_stop(text: str, stop: list[str] | None) -> str:
@@ -57,6 +58,74 @@ class TransformersChat:
         if getattr(self.tokenizer, "chat_template", None):
             return self.tokenizer.apply_chat_template(conversation, tokenize=False, add_generation_prompt=True)
         return "".join(f"{m['role']}: {m['content']}\n" for m in conversation) + "assistant:"
+
+    def choice_token_ids(self, choices: list[str]) -> list[list[int]]:
+        """For each choice, the single-token ids that spell it: the bare text and, when it is one other token, the
+        text after a space (``"3"`` and ``" 3"``). A choice with no single-token spelling is an error."""
+        out = []
+        for c in choices:
+            ids = []
+            for text in (c, " " + c):
+                enc = self.tokenizer.encode(text, add_special_tokens=False)
+                if len(enc) == 1 and enc[0] not in ids:
+                    ids.append(enc[0])
+            if not ids:
+                raise ValueError(f"choice {c!r} is not a single token for {self.name}'s tokenizer "
+                                 f"({self.tokenizer.encode(c, add_special_tokens=False)}); use one-token choices")
+            out.append(ids)
+        flat = [i for ids in out for i in ids]
+        if len(flat) != len(set(flat)):
+            raise ValueError(f"choices {choices} share tokens; they must be distinct")
+        return out
+
+    @torch.no_grad()
+    def choice_probs(self, conversations: list[Messages], choices: list[str],
+                     progress: Callable[[int], None] | None = None) -> ChoiceProbs:
+        """Next-token probabilities of ``choices`` after each conversation's assistant-turn start: one forward
+        pass per batch of ``batch_size`` (left padding, no grad, only the last position's logits).
+
+        Returns :class:`~weakstrong.backends.ChoiceProbs`: ``probs`` ``[n, len(choices)]`` (softmax over the
+        choices' logits, rows sum to 1) and ``mass`` ``[n]`` (the choices' share of the full softmax)."""
+        conversations = check_conversations(conversations)
+        if not choices:
+            raise ValueError("choices is empty")
+        groups = self.choice_token_ids(list(choices))
+        n, k = len(conversations), len(choices)
+        probs, mass = np.full((n, k), np.nan), np.full(n, np.nan)
+        if not n:
+            return ChoiceProbs(probs, mass)
+        model, tok = self.model, self.tokenizer
+        prompts = [self.render(c) for c in conversations]
+        lengths = [len(tok.encode(p, add_special_tokens=False)) for p in prompts]
+        order = sorted(range(n), key=lambda i: -lengths[i])  # similar lengths share a batch: less padding
+        flat = torch.tensor([i for ids in groups for i in ids])  # every spelling of every choice
+        owner = torch.tensor([j for j, ids in enumerate(groups) for _ in ids])
+        was_training = model.training
+        model.eval()
+        side, tok.padding_side = tok.padding_side, "left"
+        if tok.pad_token_id is None:
+            tok.pad_token = tok.eos_token
+        device = next(model.parameters()).device
+        try:
+            for start in range(0, n, self.batch_size):
+                idx = order[start: start + self.batch_size]
+                enc = tok([prompts[i] for i in idx], return_tensors="pt", padding=True,
+                          add_special_tokens=False).to(device)
+                pos = (enc["attention_mask"].long().cumsum(-1) - 1).clamp(min=0)
+                out = model(**enc, position_ids=pos, logits_to_keep=1, use_cache=False)
+                logp = torch.log_softmax(out.logits[:, -1].float(), dim=-1).cpu()
+                tok_logp = logp[:, flat]
+                # log-probability of each choice (summed over its spellings), then renormalize over the choices
+                choice_logp = torch.stack([torch.logsumexp(tok_logp[:, owner == j], dim=1) for j in range(k)], dim=1)
+                total = torch.logsumexp(choice_logp, dim=1)
+                probs[idx] = torch.softmax(choice_logp, dim=1).numpy()
+                mass[idx] = total.exp().numpy()
+                if progress is not None:
+                    progress(len(idx))
+        finally:
+            tok.padding_side = side
+            model.train(was_training)
+        return ChoiceProbs(probs, mass)
 
     def generate(self, conversations: list[Messages], progress: Callable[[int], None] | None = None,
                  **sampling: Any) -> list[str]:
