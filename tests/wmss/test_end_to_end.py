@@ -51,3 +51,33 @@ def test_all_phases_learn(make_args, tmp_path):
     ids = torch.tensor([tokenize_example(tok, dict(test[0]))["input_ids"]])
     trainer.model.eval()
     torch.testing.assert_close(loaded(ids).logits, trainer.model(input_ids=ids).logits, rtol=1e-5, atol=1e-5)
+
+
+def test_phase3_learning_rate_is_its_own(make_args, rooms_chat):
+    """wmss_learning_rate applies to phase 3 only; phase 1 keeps learning_rate, and args are restored after train."""
+    model, tok = tiny_model("llama")
+    args = make_args(learning_rate=1e-3, wmss_learning_rate=2e-4, lr_scheduler_type="constant", sft_max_steps=2,
+                     wmss_max_steps=2)
+    from transformers import TrainerCallback
+
+    seen = []
+
+    class Record(TrainerCallback):
+        def on_log(self, args, state, control, logs=None, **kw):
+            seen.append(dict(logs or {}))
+
+    trainer = WMSSTrainer(model, args=args, train_dataset=rooms_chat, processing_class=tok, callbacks=[Record()])
+    trainer.train()
+    sft = [h["learning_rate"] for h in seen if "loss" in h and "mixed_ce" not in h]
+    joint = [h["learning_rate"] for h in seen if "mixed_ce" in h]
+    assert sft and joint
+    assert all(abs(lr - 1e-3) < 1e-12 for lr in sft), sft
+    assert all(abs(lr - 2e-4) < 1e-12 for lr in joint), joint
+    assert trainer.args.learning_rate == 1e-3
+
+
+def test_phase3_learning_rate_must_be_positive(make_args):
+    import pytest
+
+    with pytest.raises(ValueError, match="wmss_learning_rate must be > 0"):
+        make_args(wmss_learning_rate=0.0)

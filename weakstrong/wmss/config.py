@@ -55,6 +55,12 @@ class WMSSConfig(SFTConfig):
             If > 0, the number of optimizer steps of phase 1 (overrides `sft_epochs` and `max_steps`).
         wmss_max_steps (`int`, *optional*, defaults to `-1`):
             If > 0, the number of optimizer steps of each phase 3 (overrides `wmss_epochs` and `max_steps`).
+        wmss_learning_rate (`float`, *optional*, defaults to `None`):
+            Learning rate of phase 3 (joint training); `None` uses `learning_rate` for every phase, as the paper does
+            (1e-5, global batch 512, 10% warmup). Phase 3 starts a fresh optimizer on an already fine-tuned strong
+            model: at a small batch and an SFT-sized rate the first (Adam) steps can undo phase 1 — on CPU with the
+            embedded model, batch 4, phase 3 at 1e-4 took held-out accuracy from 19% to 3% while 2e-5 kept it (see
+            benchmarks/README.md). Lower it when the strong model's own CE (`strong_ce`) rises during phase 3.
         freeze_weak (`bool`, *optional*, defaults to `False`):
             Keep the weak model fixed in phase 3. By default both models are updated (paper's Algorithm 1). In LoRA
             mode round 1's weak model is the base model with the adapter disabled and is always frozen.
@@ -97,6 +103,9 @@ class WMSSConfig(SFTConfig):
     wmss_epochs: float = field(default=1.0, metadata={"help": "Epochs of phase 3 (joint training) per round."})
     sft_max_steps: int = field(default=-1, metadata={"help": "If > 0, optimizer steps of phase 1."})
     wmss_max_steps: int = field(default=-1, metadata={"help": "If > 0, optimizer steps of each phase 3."})
+    wmss_learning_rate: float | None = field(
+        default=None, metadata={"help": "Learning rate of phase 3 (joint training); None = learning_rate."}
+    )
     freeze_weak: bool = field(default=False, metadata={"help": "Do not update the weak model in phase 3."})
     weak_model: str | None = field(
         default=None,
@@ -138,6 +147,8 @@ class WMSSConfig(SFTConfig):
             raise ValueError(f"rounds must be an integer >= 1, got {self.rounds}.")
         if self.sft_epochs < 0 or self.wmss_epochs <= 0:
             raise ValueError(f"sft_epochs must be >= 0 and wmss_epochs > 0, got {self.sft_epochs} and {self.wmss_epochs}.")
+        if self.wmss_learning_rate is not None and not self.wmss_learning_rate > 0:
+            raise ValueError(f"wmss_learning_rate must be > 0 (or None to use learning_rate), got {self.wmss_learning_rate}.")
         if self.entropy_batch_size < 1:
             raise ValueError(f"entropy_batch_size must be >= 1, got {self.entropy_batch_size}.")
         if self.packing:

@@ -310,11 +310,13 @@ class WMSSTrainer(SFTTrainer):
         args = self.args
         self._phase, self._round = phase, r
         args.output_dir = os.path.join(self._root_dir, f"round-{r}", phase)
-        saved_epochs, saved_steps = args.num_train_epochs, args.max_steps
+        saved_epochs, saved_steps, saved_lr = args.num_train_epochs, args.max_steps, args.learning_rate
         args.num_train_epochs = epochs
         cap = args.sft_max_steps if phase == "sft" else args.wmss_max_steps
         if cap > 0:
             args.max_steps = cap
+        if phase == "joint" and args.wmss_learning_rate is not None:
+            args.learning_rate = args.wmss_learning_rate
         self.train_dataset = dataset
         if phase == "joint" or self._external_optimizers == (None, None):
             self.optimizer, self.lr_scheduler = None, None
@@ -325,7 +327,7 @@ class WMSSTrainer(SFTTrainer):
                                     ignore_keys_for_eval=ignore_keys_for_eval)
         finally:
             args.output_dir = self._root_dir
-            args.num_train_epochs, args.max_steps = saved_epochs, saved_steps
+            args.num_train_epochs, args.max_steps, args.learning_rate = saved_epochs, saved_steps, saved_lr
 
     def _run_joint(self, r: int, indices: list[int], resume, trial, ignore_keys_for_eval):
         data = self._full_train_dataset
