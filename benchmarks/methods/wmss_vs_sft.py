@@ -5,10 +5,13 @@ Per seed (training set and training order vary with the seed; the held-out test 
 * ``sft``       — one SFT run of ``--sft-epochs`` epochs from M0 (constant LR), evaluated after every epoch: rows
                   ``sft1`` (= M1, saved and shared by every other arm of the seed), ``sft2`` (2 epochs of SFT: the
                   equal-budget baseline), ``sft3`` … (the SFT learning curve: does more SFT still help?);
-* ``wmss``      — 1 WMSS epoch from (weak M0, strong M1), λ = 0.5 (phase 2 + phase 3);
+* ``wmss``      — 1 WMSS epoch from (weak M0, strong M1), λ = 0.5 (phase 2 + phase 3) at ``--wmss-lr``;
+* ``sft2_lr``   — the control with WMSS's schedule: 1 SFT epoch from M1 with a fresh optimizer at ``--wmss-lr``;
+* ``wmss_samelr`` — WMSS with phase 3 at the SFT rate ``--lr`` (fresh Adam on the fitted M1: see the README);
 * ``wd_ds``     — selection only: phase 3 with λ = 1 (the strong model alone on the drawn set);
 * ``wd_jt``     — joint training only: phase 3 on the whole training set, no selection;
-* ``lam0.3``, ``lam0.7`` — WMSS with λ = 0.3 / 0.7.
+* ``lam0.3``, ``lam0.7`` — WMSS with λ = 0.3 / 0.7;
+* ``frozen``    — WMSS with the weak model frozen (``freeze_weak=True``; the paper's Table 3 ablation).
 
 Arms run in priority order (all seeds of the core comparison first), CSV rows written as soon as an arm is done,
 so a run cut short still leaves usable rows; ``--resume --keep-work`` skips rows already in the CSV. The markdown
@@ -43,16 +46,19 @@ ARMS = {
     "sft2": "SFT, 2 epochs (baseline)",
     "sft3": "SFT, 3 epochs",
     "sft4": "SFT, 4 epochs",
+    "sft2_lr": "1 SFT + 1 SFT epoch at the phase-3 LR (control)",
     "wmss": "1 SFT + 1 WMSS (λ=0.5)",
+    "wmss_samelr": "1 SFT + 1 WMSS (λ=0.5), phase 3 at the SFT LR",
     "wd_ds": "1 SFT + WD-DS only (λ=1)",
     "wd_jt": "1 SFT + WD-JT only (no selection)",
     "lam0.3": "1 SFT + 1 WMSS (λ=0.3)",
     "lam0.7": "1 SFT + 1 WMSS (λ=0.7)",
+    "frozen": "1 SFT + 1 WMSS (λ=0.5), weak model frozen",
 }
-CORE = ["sft", "wmss"]  # "sft" is one run that yields the rows sft1 … sft{--sft-epochs}
-ABLATIONS = ["wd_ds", "wd_jt", "lam0.3", "lam0.7"]
+CORE = ["sft", "wmss", "sft2_lr"]  # "sft" is one run that yields the rows sft1 … sft{--sft-epochs}
+ABLATIONS = ["frozen", "wd_ds", "wd_jt", "lam0.3", "lam0.7", "wmss_samelr"]
 FIELDS = ["seed", "arm", "accuracy", "correct", "n", "train_s", "eval_s", "train_steps", "drawn", "task", "acc_easy",
-          "acc_medium", "acc_hard"]
+          "acc_medium", "acc_hard", "strong_ce_first", "strong_ce_last", "mixed_ce_first", "mixed_ce_last"]
 T975 = {1: 12.706, 2: 4.303, 3: 3.182, 4: 2.776, 5: 2.571, 6: 2.447, 7: 2.365, 8: 2.306, 9: 2.262}
 
 
@@ -89,6 +95,7 @@ def run_seed_arm(seed, arm, opts, task, train, test, work):
     tok = AutoTokenizer.from_pretrained(m0)
     t = time.time()
     drawn = ""
+    extra = {}
     if arm == "sft":
         # one SFT run of --sft-epochs epochs (constant LR): M1 is saved after epoch 1 for the WMSS arms, and the model
         # is evaluated after every epoch, so the rows sft1, sft2 (the equal-budget baseline), sft3 ... form the
@@ -118,20 +125,38 @@ def run_seed_arm(seed, arm, opts, task, train, test, work):
         tr.train()
         del tr
         return rows
+    elif arm == "sft2_lr":
+        # the control of the WMSS arms: the same schedule (fresh optimizer from M1, phase-3 LR, one epoch) as plain SFT
+        from trl import SFTTrainer
+
+        cfg = common_config(os.path.join(work, f"seed{seed}", arm), opts, seed=seed, learning_rate=opts.wmss_lr)
+        cfg.num_train_epochs = 1
+        tr = SFTTrainer(m1_dir, args=cfg, train_dataset=train, processing_class=tok)
+        tr.remove_callback(PrinterCallback)
+        tr.train()
+        model, steps = tr.model, tr.state.global_step
     else:
-        lam = {"wmss": 0.5, "wd_ds": 1.0, "wd_jt": 0.5, "lam0.3": 0.3, "lam0.7": 0.7}[arm]
+        lam = {"wmss": 0.5, "wd_ds": 1.0, "wd_jt": 0.5, "lam0.3": 0.3, "lam0.7": 0.7, "frozen": 0.5,
+               "wmss_samelr": 0.5}[arm]
         cfg = common_config(os.path.join(work, f"seed{seed}", arm), opts, seed=seed, weak_model=m0, mix_lambda=lam,
-                            selection=arm != "wd_jt", wmss_epochs=1, save_entropy_plots=(arm == "wmss"))
+                            selection=arm != "wd_jt", wmss_epochs=1, save_entropy_plots=(arm == "wmss"),
+                            freeze_weak=arm == "frozen",
+                            wmss_learning_rate=opts.lr if arm == "wmss_samelr" else opts.wmss_lr)
         tr = WMSSTrainer(m1_dir, args=cfg, train_dataset=train, processing_class=tok)
         tr.remove_callback(PrinterCallback)
         tr.train()
         model, steps = tr.model, tr.state.global_step
         drawn = int(tr.selections[1]["stats"]["selection/size"])
+        # the strong model's own CE and the mixed CE over phase 3 (first and last logged step): does the strong
+        # model alone get better while the mixture is fitted?
+        logs = [h for h in tr.state.log_history if "strong_ce" in h]
+        extra = {"strong_ce_first": round(logs[0]["strong_ce"], 4), "strong_ce_last": round(logs[-1]["strong_ce"], 4),
+                 "mixed_ce_first": round(logs[0]["mixed_ce"], 4), "mixed_ce_last": round(logs[-1]["mixed_ce"], 4)} if logs else {}
     train_s = time.time() - t
     result, eval_s = evaluate_model(model, tok, task, test, opts)
     del model, tr
     torch.cuda.empty_cache() if torch.cuda.is_available() else None
-    return [_row(seed, arm, result, train_s, eval_s, steps, drawn, opts)]
+    return [{**_row(seed, arm, result, train_s, eval_s, steps, drawn, opts), **extra}]
 
 
 def _row(seed, arm, result, train_s, eval_s, steps, drawn, opts):
@@ -153,28 +178,31 @@ def write_table(rows, path_md, opts):
     by_arm = {}
     for r in rows:
         by_arm.setdefault(r["arm"], []).append(100 * float(r["accuracy"]))
-    # every arm of a seed shares that seed's training set and M1, so differences to SFT-2 are paired by seed
-    base = {int(r["seed"]): 100 * float(r["accuracy"]) for r in rows if r["arm"] == "sft2"}
-    lines = ["| arm | seeds | accuracy % (mean ± 95% CI) | Δ vs SFT 2 epochs, paired (mean ± 95% CI) | per seed |",
-             "|---|---|---|---|---|"]
+    # every arm of a seed shares that seed's training set and M1, so differences are paired by seed
+    def paired(arm, ref):
+        base = {int(r["seed"]): 100 * float(r["accuracy"]) for r in rows if r["arm"] == ref}
+        diffs = [100 * float(r["accuracy"]) - base[int(r["seed"])] for r in rows
+                 if r["arm"] == arm and int(r["seed"]) in base]
+        if arm == ref or not diffs:
+            return "—"
+        dm, dh = mean_ci(diffs)
+        return f"{dm:+.1f} " + ("(1 seed)" if math.isnan(dh) else f"± {dh:.1f}")
+
+    lines = ["| arm | seeds | accuracy % (mean ± 95% CI) | Δ vs SFT 2 epochs (paired) | Δ vs control sft2_lr (paired) "
+             "| per seed |", "|---|---|---|---|---|---|"]
     for arm in ARMS:
         if arm not in by_arm:
             continue
         vals = by_arm[arm]
         m, h = mean_ci(vals)
         ci = "n/a" if math.isnan(h) else f"± {h:.1f}"
-        diffs = [100 * float(r["accuracy"]) - base[int(r["seed"])] for r in rows
-                 if r["arm"] == arm and int(r["seed"]) in base]
-        if arm == "sft2" or not diffs:
-            delta = "—"
-        else:
-            dm, dh = mean_ci(diffs)
-            delta = f"{dm:+.1f} " + ("(1 seed)" if math.isnan(dh) else f"± {dh:.1f}")
-        lines.append(f"| {ARMS[arm]} | {len(vals)} | {m:.1f} {ci} | {delta} | {', '.join(f'{v:.1f}' for v in vals)} |")
+        lines.append(f"| {ARMS[arm]} | {len(vals)} | {m:.1f} {ci} | {paired(arm, 'sft2')} | {paired(arm, 'sft2_lr')} | "
+                     f"{', '.join(f'{v:.1f}' for v in vals)} |")
     n = {str(r["n"]) for r in rows}
     lines.append("")
     lines.append(f"Task {opts.task}, {opts.train_size} training problems per seed, {'/'.join(sorted(n))} held-out test "
-                 f"problems, batch {opts.batch_size}, lr {opts.lr:g} (constant), 95% CI = Student t over seeds.")
+                 f"problems, batch {opts.batch_size}, SFT lr {opts.lr:g}, phase-3 lr {opts.wmss_lr:g} (constant), "
+                 "95% CI = Student t over seeds.")
     text = "\n".join(lines) + "\n"
     with open(path_md, "w") as f:
         f.write(text)
@@ -322,7 +350,9 @@ def main(argv=None):
     p.add_argument("--train-size", type=int, default=64)
     p.add_argument("--test-size", type=int, default=64)
     p.add_argument("--batch-size", type=int, default=8)
-    p.add_argument("--lr", type=float, default=1e-4)
+    p.add_argument("--lr", type=float, default=1e-4, help="learning rate of SFT (phase 1 and the SFT baseline)")
+    p.add_argument("--wmss-lr", type=float, default=2e-5,
+                   help="learning rate of phase 3 (all WMSS arms but wmss_samelr) and of the sft2_lr control")
     p.add_argument("--max-new-tokens", type=int, default=80)
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--seed-base", type=int, default=0)
