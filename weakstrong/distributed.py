@@ -51,11 +51,16 @@ def setup():
 
 
 def trainer_defaults() -> dict:
-    """``TrainingArguments`` defaults a multi-process CPU run needs (``ddp_backend="gloo"``: without it the
-    arguments rebuild Accelerate's state with no backend and see one process under DeepSpeed). Empty otherwise."""
-    if int(os.environ.get("WORLD_SIZE", "1")) > 1 and not torch.cuda.is_available():
-        return {"ddp_backend": "gloo"}
-    return {}
+    """``TrainingArguments`` defaults a machine without CUDA needs: ``bf16=False`` (TRL's default bf16 is refused
+    there) and, with several processes, ``ddp_backend="gloo"`` (without it the arguments rebuild Accelerate's state
+    with no backend and see one process under DeepSpeed). Empty with CUDA. A config or command line still wins."""
+    if torch.cuda.is_available():
+        return {}
+    # TRL's SFTConfig defaults to bf16, which transformers refuses on a machine without CUDA
+    out = {"bf16": False}
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        out["ddp_backend"] = "gloo"
+    return out
 
 
 def teardown():

@@ -256,3 +256,17 @@ def test_fsdp_refused_on_cpu(monkeypatch):
     monkeypatch.setenv("ACCELERATE_USE_FSDP", "true")
     with pytest.raises(RuntimeError, match="FSDP"):
         distributed.setup()
+
+
+def test_trainer_defaults_without_cuda(monkeypatch):
+    """Without CUDA the recipes default to bf16=False (TRL's bf16 default is refused there) and, with several
+    processes, to the gloo backend; with CUDA they add nothing."""
+    from weakstrong import distributed
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    monkeypatch.setenv("WORLD_SIZE", "1")
+    assert distributed.trainer_defaults() == {"bf16": False}
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    assert distributed.trainer_defaults() == {"bf16": False, "ddp_backend": "gloo"}
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    assert distributed.trainer_defaults() == {}
