@@ -8,8 +8,9 @@ SFT, evaluation) and :class:`LRLModelArguments` (the student model). LoRA settin
 
 from __future__ import annotations
 
-import argparse
 from dataclasses import dataclass, field
+
+from ..recipe_cli import add_passthrough_arguments, passthrough_argv
 
 
 @dataclass
@@ -100,24 +101,12 @@ def main_from_argv(argv=None) -> int:
 
 # ------------------------------------------------------------------ `weakstrong lrl`
 def add_arguments(parser) -> None:
-    parser.formatter_class = argparse.RawDescriptionHelpFormatter
-    parser.epilog = ("Any LRLScriptArguments / LinguisticRLConfig / LRLModelArguments field can be given as "
-                     "--name value (e.g. --teacher_base_url http://localhost:8000/v1 --teacher_model Qwen/Qwen2.5-7B-"
-                     "Instruct --train_problems 100); see recipes/lrl/config.yaml.")
-    parser.add_argument("--config", default=None, help="YAML recipe (e.g. recipes/lrl/config.yaml)")
-    # Every other --field value pair is handed to TrlParser as is: keep unknown options instead of failing.
-    parse_known = parser.parse_known_args
-
-    def parse_known_args(args=None, namespace=None):
-        ns, extras = parse_known(args, namespace)
-        ns.overrides = list(getattr(ns, "overrides", None) or []) + list(extras)
-        return ns, []
-
-    parser.parse_known_args = parse_known_args
+    add_passthrough_arguments(
+        parser, "recipes/lrl/config.yaml",
+        "Any LRLScriptArguments / LinguisticRLConfig / LRLModelArguments field can be given as --name value (e.g. "
+        "--teacher_base_url http://localhost:8000/v1 --teacher_model Qwen/Qwen2.5-7B-Instruct --train_problems 100); "
+        "see recipes/lrl/config.yaml.")
 
 
 def main(args) -> int:
-    argv = (["--config", args.config] if args.config else []) + list(args.overrides or [])
-    if "--output_dir" not in argv and not args.config:
-        argv += ["--output_dir", "lrl-output"]
-    return main_from_argv(argv)
+    return main_from_argv(passthrough_argv(args, "lrl-output"))

@@ -9,10 +9,11 @@ or any prompt/completion (or messages) JSONL / ``save_to_disk`` folder. Argument
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 from dataclasses import dataclass, field
+
+from ..recipe_cli import add_passthrough_arguments, passthrough_argv, run_recipe
 
 HISTORY_NAME = "student_log_history.json"
 
@@ -83,35 +84,17 @@ def run(script, config, model_args) -> dict:
 
 
 def main_from_argv(argv=None) -> int:
-    from ..distributed import distributed_run, trainer_defaults
-
-    with distributed_run():
-        parser = build_parser()
-        parser.set_defaults(**trainer_defaults())
-        script, config, model_args = parser.parse_args_and_config(args=argv)
-        run(script, config, model_args)
-    return 0
+    """Entry point of ``recipes/lrl/train_student.py`` (any number of processes)."""
+    return run_recipe(build_parser, run, argv)
 
 
 def add_arguments(parser) -> None:
-    parser.formatter_class = argparse.RawDescriptionHelpFormatter
-    parser.epilog = ("Any StudentScriptArguments / LinguisticRLConfig / LRLModelArguments field can be given as "
-                     "--name value; see recipes/lrl/student.yaml. For several processes: accelerate launch "
-                     "--config_file recipes/accelerate/ddp.yaml recipes/lrl/train_student.py --config "
-                     "recipes/lrl/student.yaml")
-    parser.add_argument("--config", default=None, help="YAML recipe (e.g. recipes/lrl/student.yaml)")
-    parse_known = parser.parse_known_args
-
-    def parse_known_args(args=None, namespace=None):
-        ns, extras = parse_known(args, namespace)
-        ns.overrides = list(getattr(ns, "overrides", None) or []) + list(extras)
-        return ns, []
-
-    parser.parse_known_args = parse_known_args
+    add_passthrough_arguments(
+        parser, "recipes/lrl/student.yaml",
+        "Any StudentScriptArguments / LinguisticRLConfig / LRLModelArguments field can be given as --name value; see "
+        "recipes/lrl/student.yaml. For several processes: accelerate launch --config_file recipes/accelerate/ddp.yaml "
+        "recipes/lrl/train_student.py --config recipes/lrl/student.yaml")
 
 
 def main(args) -> int:
-    argv = (["--config", args.config] if args.config else []) + list(args.overrides or [])
-    if "--output_dir" not in argv and not args.config:
-        argv += ["--output_dir", "lrl-output"]
-    return main_from_argv(argv)
+    return main_from_argv(passthrough_argv(args, "lrl-output"))

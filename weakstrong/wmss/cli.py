@@ -8,10 +8,11 @@ one process (``weakstrong wmss``) or in many (``accelerate launch ... recipes/wm
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 from dataclasses import dataclass, field
+
+from ..recipe_cli import add_passthrough_arguments, passthrough_argv, run_recipe
 
 HISTORY_NAME = "wmss_log_history.json"
 
@@ -130,36 +131,17 @@ def run(script, config, model_args) -> dict:
 
 def main_from_argv(argv=None) -> int:
     """Entry point of ``recipes/wmss/train.py`` (any number of processes)."""
-    from ..distributed import distributed_run, trainer_defaults
-
-    with distributed_run():
-        parser = build_parser()
-        parser.set_defaults(**trainer_defaults())
-        script, config, model_args = parser.parse_args_and_config(args=argv)
-        run(script, config, model_args)
-    return 0
+    return run_recipe(build_parser, run, argv)
 
 
 # ------------------------------------------------------------------ `weakstrong wmss`
 def add_arguments(parser) -> None:
-    parser.formatter_class = argparse.RawDescriptionHelpFormatter
-    parser.epilog = ("Any WMSSScriptArguments / WMSSConfig / trl ModelConfig field can be given as --name value "
-                     "(e.g. --mix_lambda 0.42 --use_peft true); see recipes/wmss/config.yaml. For several "
-                     "processes: accelerate launch --config_file recipes/accelerate/ddp.yaml recipes/wmss/train.py "
-                     "--config recipes/wmss/config.yaml")
-    parser.add_argument("--config", default=None, help="YAML recipe (e.g. recipes/wmss/config.yaml)")
-    parse_known = parser.parse_known_args
-
-    def parse_known_args(args=None, namespace=None):
-        ns, extras = parse_known(args, namespace)
-        ns.overrides = list(getattr(ns, "overrides", None) or []) + list(extras)
-        return ns, []
-
-    parser.parse_known_args = parse_known_args
+    add_passthrough_arguments(
+        parser, "recipes/wmss/config.yaml",
+        "Any WMSSScriptArguments / WMSSConfig / trl ModelConfig field can be given as --name value (e.g. --mix_lambda "
+        "0.42 --use_peft true); see recipes/wmss/config.yaml. For several processes: accelerate launch --config_file "
+        "recipes/accelerate/ddp.yaml recipes/wmss/train.py --config recipes/wmss/config.yaml")
 
 
 def main(args) -> int:
-    argv = (["--config", args.config] if args.config else []) + list(args.overrides or [])
-    if "--output_dir" not in argv and not args.config:
-        argv += ["--output_dir", "wmss-output"]
-    return main_from_argv(argv)
+    return main_from_argv(passthrough_argv(args, "wmss-output"))

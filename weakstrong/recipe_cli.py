@@ -1,0 +1,45 @@
+"""What the YAML-recipe subcommands (`weakstrong wmss`, `weakstrong lrl`, `weakstrong lrl-student`) share.
+
+Each of them is a TrlParser over (script arguments, trainer config, model config): ``--config recipe.yaml`` plus any
+``--field value`` pair, handed to TrlParser as is, so every SFTConfig field works on the command line.
+"""
+
+from __future__ import annotations
+
+import argparse
+
+
+def add_passthrough_arguments(parser, example_config: str, epilog: str) -> None:
+    """``--config`` and pass-through of every other ``--field value`` pair (kept in ``args.overrides``)."""
+    parser.formatter_class = argparse.RawDescriptionHelpFormatter
+    parser.epilog = epilog
+    parser.add_argument("--config", default=None, help=f"YAML recipe (e.g. {example_config})")
+    parse_known = parser.parse_known_args
+
+    def parse_known_args(args=None, namespace=None):
+        ns, extras = parse_known(args, namespace)
+        ns.overrides = list(getattr(ns, "overrides", None) or []) + list(extras)
+        return ns, []
+
+    parser.parse_known_args = parse_known_args
+
+
+def passthrough_argv(args, default_output_dir: str) -> list[str]:
+    """The TrlParser argv of a subcommand call; without a recipe the outputs go to ``default_output_dir``."""
+    argv = (["--config", args.config] if args.config else []) + list(args.overrides or [])
+    if "--output_dir" not in argv and not args.config:
+        argv += ["--output_dir", default_output_dir]
+    return argv
+
+
+def run_recipe(build_parser, run, argv=None) -> int:
+    """Parse ``argv`` with ``build_parser()`` and call ``run(script, config, model_args)`` inside the process
+    group of any number of processes (gloo on CPU; destroyed at exit), with the CPU-only trainer defaults."""
+    from .distributed import distributed_run, trainer_defaults
+
+    with distributed_run():
+        parser = build_parser()
+        parser.set_defaults(**trainer_defaults())
+        script, config, model_args = parser.parse_args_and_config(args=argv)
+        run(script, config, model_args)
+    return 0
