@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import importlib.util
 import math
-import threading
 from pathlib import Path
 
 import pytest
@@ -19,7 +18,8 @@ def _lrl_conftest():
     return module
 
 
-FakeOpenAIServer = _lrl_conftest().FakeOpenAIServer
+_LRL = _lrl_conftest()
+FakeOpenAIServer = _LRL.FakeOpenAIServer
 
 
 class LogprobServer(FakeOpenAIServer):
@@ -46,12 +46,5 @@ class LogprobServer(FakeOpenAIServer):
 
 @pytest.fixture
 def logprob_server():
-    server = LogprobServer()
-    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
-    thread.start()
-    try:
+    with _LRL.serving(LogprobServer()) as server:
         yield server
-    finally:
-        server.shutdown()
-        server.server_close()
-        thread.join(timeout=5)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import http.server
 import json
 import re
@@ -120,9 +121,9 @@ class FakeOpenAIServer(http.server.ThreadingHTTPServer):
                 "choices": [{"index": 0, "message": {"role": "assistant", "content": text}, "finish_reason": "stop"}]}
 
 
-@pytest.fixture
-def openai_server():
-    server = FakeOpenAIServer()
+@contextlib.contextmanager
+def serving(server):
+    """Run an HTTP server in a daemon thread for the duration of the block."""
     thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
     thread.start()
     try:
@@ -131,3 +132,9 @@ def openai_server():
         server.shutdown()
         server.server_close()
         thread.join(timeout=5)
+
+
+@pytest.fixture
+def openai_server():
+    with serving(FakeOpenAIServer()) as server:
+        yield server
