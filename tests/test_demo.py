@@ -5,16 +5,12 @@ import torch
 from transformers import AutoModelForCausalLM
 
 from weakstrong.cli import main as cli_main
-from weakstrong.models import tiny_model
 
 
-def test_demo_runs_every_stage_on_a_tiny_model(tmp_path, capsys, monkeypatch):
+def test_demo_runs_every_stage_on_a_tiny_model(tiny_llama_dir, tmp_path, capsys, monkeypatch):
     monkeypatch.setenv("COLUMNS", "200")
-    model, tok = tiny_model("llama")
-    model.save_pretrained(tmp_path / "m")
-    tok.save_pretrained(tmp_path / "m")
     out = tmp_path / "demo"
-    rc = cli_main(["demo", "--model", str(tmp_path / "m"), "--train-size", "8", "--test-size", "4",
+    rc = cli_main(["demo", "--model", str(tiny_llama_dir), "--train-size", "8", "--test-size", "4",
                    "--max-new-tokens", "4", "--batch-size", "4", "--threads", "1", "--output-dir", str(out)])
     assert rc == 0
     text = capsys.readouterr().out
@@ -25,5 +21,5 @@ def test_demo_runs_every_stage_on_a_tiny_model(tmp_path, capsys, monkeypatch):
     loaded = AutoModelForCausalLM.from_pretrained(out / "final")
     assert not (out / "final" / "weak").exists()
     # the saved model is the trained strong model, not the starting one
-    start = dict(model.named_parameters())
+    start = dict(AutoModelForCausalLM.from_pretrained(tiny_llama_dir).named_parameters())
     assert any(not torch.equal(p, start[n]) for n, p in loaded.named_parameters() if n in start)

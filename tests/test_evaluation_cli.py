@@ -42,13 +42,10 @@ def test_generate_completions_is_batched_greedy_and_restores_state():
     assert model.training and tok.padding_side == "right"
 
 
-def test_eval_cli_on_a_saved_model(tmp_path, capsys, monkeypatch):
+def test_eval_cli_on_a_saved_model(tiny_llama_dir, tmp_path, capsys, monkeypatch):
     monkeypatch.setenv("COLUMNS", "200")
-    model, tok = tiny_model("llama")
-    model.save_pretrained(tmp_path / "m")
-    tok.save_pretrained(tmp_path / "m")
     out = tmp_path / "scores.json"
-    rc = cli_main(["eval", "--model", str(tmp_path / "m"), "--task", "arithmetic", "--n", "3",
+    rc = cli_main(["eval", "--model", str(tiny_llama_dir), "--task", "arithmetic", "--n", "3",
                    "--max-new-tokens", "4", "--output", str(out)])
     assert rc == 0
     scores = json.loads(out.read_text())

@@ -7,6 +7,8 @@ Each of them is a TrlParser over (script arguments, trainer config, model config
 from __future__ import annotations
 
 import argparse
+import json
+import os
 
 
 def add_passthrough_arguments(parser, example_config: str, epilog: str) -> None:
@@ -43,3 +45,33 @@ def run_recipe(build_parser, run, argv=None) -> int:
         script, config, model_args = parser.parse_args_and_config(args=argv)
         run(script, config, model_args)
     return 0
+
+
+def history_callback(history: list):
+    """A TrainerCallback appending every logged dict to ``history``."""
+    from transformers import TrainerCallback
+
+    class History(TrainerCallback):
+        def on_log(self, args, state, control, logs=None, **kwargs):
+            if logs:
+                history.append(dict(logs))
+
+    return History()
+
+
+def train_and_save(trainer, resume, final_dir: str, summary_path: str, history: list, extra=None) -> dict:
+    """``trainer.train(resume)`` (``resume``: a checkpoint path, True/"true" for the latest, or None/"false"),
+    ``save_model(final_dir)`` on every process (collective under ZeRO-3), then the run's summary — final folder,
+    process count, log history and ``extra(trainer)`` — written as JSON by the main process."""
+    if isinstance(resume, str) and resume.lower() in ("true", "false", "none", ""):
+        resume = {"true": True}.get(resume.lower())
+    trainer.train(resume_from_checkpoint=resume)
+    trainer.save_model(final_dir)
+    summary = {"final": final_dir, "num_processes": trainer.accelerator.num_processes, "log_history": history,
+               **(extra(trainer) if extra is not None else {})}
+    if trainer.accelerator.is_main_process:
+        os.makedirs(os.path.dirname(os.path.abspath(summary_path)), exist_ok=True)
+        with open(summary_path, "w") as f:
+            json.dump(summary, f, indent=1)
+    trainer.accelerator.wait_for_everyone()
+    return summary

@@ -9,11 +9,10 @@ or any prompt/completion (or messages) JSONL / ``save_to_disk`` folder. Argument
 
 from __future__ import annotations
 
-import json
 import os
 from dataclasses import dataclass, field
 
-from ..recipe_cli import add_passthrough_arguments, passthrough_argv, run_recipe
+from ..recipe_cli import add_passthrough_arguments, history_callback, passthrough_argv, run_recipe, train_and_save
 
 HISTORY_NAME = "student_log_history.json"
 
@@ -50,37 +49,18 @@ def load_curriculum(path: str):
 
 
 def run(script, config, model_args) -> dict:
-    from transformers import TrainerCallback
-
     from .student import LinguisticRLStudentTrainer
 
     if model_args.dtype:
         config.model_init_kwargs = {**(config.model_init_kwargs or {}), "dtype": model_args.dtype}
     history: list[dict] = []
-
-    class History(TrainerCallback):
-        def on_log(self, args, state, control, logs=None, **kwargs):
-            if logs:
-                history.append(dict(logs))
-
     data = load_curriculum(script.curriculum)
     keep = [c for c in ("prompt", "completion", "messages") if c in data.column_names]
     data = data.select_columns(keep)
     trainer = LinguisticRLStudentTrainer(model_args.model_name_or_path, args=config, train_dataset=data,
-                                         callbacks=[History()])
-    resume = script.resume_student
-    if isinstance(resume, str) and resume.lower() in ("true", "false", "none", ""):
-        resume = {"true": True}.get(resume.lower())
-    trainer.train(resume_from_checkpoint=resume)
+                                         callbacks=[history_callback(history)])
     final = script.final_dir or os.path.join(config.output_dir, "student")
-    trainer.save_model(final)
-    summary = {"final": final, "num_processes": trainer.accelerator.num_processes, "log_history": history}
-    if trainer.accelerator.is_main_process:
-        os.makedirs(config.output_dir, exist_ok=True)
-        with open(os.path.join(config.output_dir, HISTORY_NAME), "w") as f:
-            json.dump(summary, f, indent=1)
-    trainer.accelerator.wait_for_everyone()
-    return summary
+    return train_and_save(trainer, script.resume_student, final, os.path.join(config.output_dir, HISTORY_NAME), history)
 
 
 def main_from_argv(argv=None) -> int:

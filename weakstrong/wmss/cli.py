@@ -8,11 +8,10 @@ one process (``weakstrong wmss``) or in many (``accelerate launch ... recipes/wm
 
 from __future__ import annotations
 
-import json
 import os
 from dataclasses import dataclass, field
 
-from ..recipe_cli import add_passthrough_arguments, passthrough_argv, run_recipe
+from ..recipe_cli import add_passthrough_arguments, history_callback, passthrough_argv, run_recipe, train_and_save
 
 HISTORY_NAME = "wmss_log_history.json"
 
@@ -59,17 +58,6 @@ def load_train_dataset(script):
     return get_task(script.task).generate(script.train_size, seed=script.task_seed, format="chat")
 
 
-def _history_callback(history: list):
-    from transformers import TrainerCallback
-
-    class History(TrainerCallback):
-        def on_log(self, args, state, control, logs=None, **kwargs):
-            if logs:
-                history.append(dict(logs))
-
-    return History()
-
-
 def _layout(trainer) -> dict:
     """How the last phase 3 held its models: ZeRO-3 partitioned or not, trainable weak parameters."""
     joint = trainer._joint
@@ -110,23 +98,15 @@ def run(script, config, model_args) -> dict:
     history: list[dict] = []
     trainer = WMSSTrainer(model_path, args=config, train_dataset=load_train_dataset(script),
                           processing_class=tokenizer, peft_config=get_peft_config(model_args),
-                          callbacks=[_history_callback(history)])
-    resume = script.resume
-    if isinstance(resume, str) and resume.lower() in ("true", "false", "none", ""):
-        resume = {"true": True}.get(resume.lower())
-    trainer.train(resume_from_checkpoint=resume)
+                          callbacks=[history_callback(history)])
     final = script.final_dir or os.path.join(config.output_dir, "final")
-    trainer.save_model(final)
-    summary = {"final": final, "num_processes": trainer.accelerator.num_processes,
-               "selections": {r: s["indices"] for r, s in trainer.selections.items()},
-               "h_strong": {r: s["h_strong"].tolist() for r, s in trainer.selections.items()},
-               "h_weak": {r: s["h_weak"].tolist() for r, s in trainer.selections.items()},
-               "log_history": history, **_layout(trainer)}
-    if trainer.accelerator.is_main_process:
-        with open(os.path.join(config.output_dir, HISTORY_NAME), "w") as f:
-            json.dump(summary, f, indent=1)
-    trainer.accelerator.wait_for_everyone()
-    return summary
+
+    def extra(tr):
+        return {"selections": {r: s["indices"] for r, s in tr.selections.items()},
+                "h_strong": {r: s["h_strong"].tolist() for r, s in tr.selections.items()},
+                "h_weak": {r: s["h_weak"].tolist() for r, s in tr.selections.items()}, **_layout(tr)}
+
+    return train_and_save(trainer, script.resume, final, os.path.join(config.output_dir, HISTORY_NAME), history, extra)
 
 
 def main_from_argv(argv=None) -> int:
