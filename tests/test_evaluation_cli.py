@@ -69,3 +69,14 @@ def test_markdown_table_puts_accuracy_beside_its_baselines():
     header, sep, row = md.splitlines()
     assert header.startswith("| model / stage | n | acc % | bal. acc % | majority % | unparsed |")
     assert row == "| always YES | 4 | 50.0 | 50.0 | 50.0 | 0 | 50.0 |"
+
+
+def test_evaluate_does_not_read_an_echoed_strategy_as_the_answer(monkeypatch):
+    model, tok = tiny_model("llama")
+    task = MeetingRoomsTask()
+    ds = task.generate(4, seed=3, difficulty="hard")
+    strategy = "Find the peak number of overlapping meetings. Answer YES if it fits the rooms, otherwise NO."
+    monkeypatch.setattr("weakstrong.evaluation.generate_completions", lambda *a, **k: [strategy] * len(ds))
+    result = evaluate(model, tok, task, ds, strategy=strategy)
+    assert result["unparseable"] == len(ds) and result["accuracy"] == 0.0
+    assert evaluate(model, tok, task, ds)["unparseable"] == 0  # no strategy in the prompt: nothing is stripped

@@ -171,3 +171,35 @@ def test_open_answer_scores_have_no_classification_keys():
     ds = task.generate(6, seed=0)
     s = task.score(ds, [r["rationale"] for r in ds])
     assert s["accuracy"] == 1.0 and s["balanced_accuracy"] is None and s["confusion"] is None
+
+
+STRATEGY = ("1. List the meetings and sort them by start time.\n"
+            "2. Find the largest number of meetings in progress at the same moment.\n"
+            "3. Answer YES if it is at most the number of rooms, otherwise NO.")
+
+
+@pytest.mark.parametrize("text, expected", [
+    # a pure echo of the strategy (list markers, case and spacing changed) is no answer
+    ("List the meetings and sort them by start time\n  answer yes if it is at most the number of rooms,  otherwise no.",
+     None),
+    # the model's own reasoning after an echo is read
+    ("Answer YES if it is at most the number of rooms, otherwise NO.\nThe peak is 2 and there are 3 rooms, so YES.",
+     "YES"),
+    # a short genuine final line is never dropped, even though its words occur in the strategy
+    ("3. Answer YES if it is at most the number of rooms, otherwise NO.\nAnswer: NO", "NO"),
+])
+def test_an_echoed_strategy_is_not_an_answer(text, expected):
+    task = MeetingRoomsTask()
+    assert task.parse_answer(text, echo=STRATEGY) == expected
+    assert task.parse_answer(text) is not None  # without the echo the fallback would read the strategy's "NO"
+
+
+def test_score_and_verify_take_the_echo():
+    task = MeetingRoomsTask()
+    rows = [{"answer": "NO", "difficulty": "easy"}, {"answer": "YES", "difficulty": "easy"}]
+    echo_only = "Answer YES if it is at most the number of rooms, otherwise NO."
+    completions = [echo_only, echo_only + "\nPeak 1, rooms 2: YES"]
+    assert task.score(rows, completions)["accuracy"] == 1.0  # the echo read as NO happens to be "right"
+    scored = task.score(rows, completions, echo=STRATEGY)
+    assert scored["unparseable"] == 1 and scored["accuracy"] == 0.5 and scored["confusion"]["NO"] == {"unparseable": 1}
+    assert not task.verify(rows[0], echo_only, echo=STRATEGY) and task.verify(rows[0], echo_only)

@@ -76,6 +76,6 @@ def evaluate(
     rows = list(dataset)
     prompts = [_prompt_text(tokenizer, r, task, strategy) for r in rows]
     completions = generate_completions(model, tokenizer, prompts, max_new_tokens, batch_size, progress)
-    result = task.score(rows, completions)
+    result = task.score(rows, completions, echo=strategy)  # an echoed strategy is not an answer
     result["completions"] = completions
     return result

@@ -47,7 +47,7 @@ def evaluate(model_or_teacher, task, test_set, strategy: str | None = None, toke
                                                  temperature=0.0, max_new_tokens=max_new_tokens)
         if progress is not None:
             progress(len(chunk))
-    result = task.score(rows, completions)
+    result = task.score(rows, completions, echo=strategy)  # an echoed strategy is not an answer
     result["completions"] = completions
     return result
 

@@ -175,7 +175,7 @@ class ReflectionLoop:
         replies = self._ask([prompts.solve_messages(self.task, r, strategy["text"]) for r in batch], self.solve_tokens)
         out = []
         for i, (row, reply) in enumerate(zip(batch, replies)):
-            parsed = self.task.parse_answer(reply)
+            parsed = self.task.parse_answer(reply, echo=strategy["text"])
             out.append({**row, "batch": b, "index": i, "strategy_version": strategy["version"], "completion": reply,
                         "parsed": parsed, "correct": parsed == row["answer"]})
         append_jsonl(self.results_path, out)

@@ -14,6 +14,22 @@ FORMATS = ("chat", "text", "messages")
 # "messages": one "messages" column, user + assistant turns (TRL's conversational language-modeling format)
 
 _ANSWER_LINE = re.compile(r"answer\s*[:=]\s*\**\s*([^\n*]+)", re.IGNORECASE)
+_LIST_MARKER = re.compile(r"^\s*(?:\d+[.)]|[-*•])\s*")
+ECHO_MIN_CHARS = 20
+
+
+def _normalize_line(line: str) -> str:
+    line = _LIST_MARKER.sub("", line.strip().lower())
+    return " ".join(line.split()).rstrip(".,;:!")
+
+
+def strip_echo(text: str, echo: str) -> str:
+    """``text`` without the lines that repeat ``echo`` (normalised: case, list markers, spacing, end punctuation;
+    only lines of at least ``ECHO_MIN_CHARS`` characters, so a short genuine ``Answer: NO`` is never dropped)."""
+    source = " ".join(_normalize_line(x) for x in echo.splitlines())
+    kept = [line for line in text.splitlines()
+            if len(_normalize_line(line)) < ECHO_MIN_CHARS or _normalize_line(line) not in source]
+    return "\n".join(kept)
 
 
 class Task(ABC):
@@ -98,11 +114,17 @@ class Task(ABC):
         return (difficulty,)
 
     # ------------------------------------------------------------------ answers
-    def parse_answer(self, text: str | None) -> str | None:
+    def parse_answer(self, text: str | None, echo: str | None = None) -> str | None:
         """The model's FINAL answer: the last ``Answer: X`` line, else the last valid answer token.
+
+        ``echo``: text that was in the prompt (a strategy). Lines of the completion that merely repeat it (at
+        least 20 characters, found in it after normalisation) are ignored first, so a model that echoes a
+        strategy ending "…otherwise NO" is not read as answering NO.
 
         Returns None when no final answer can be found (counted as wrong, and separately as unparseable).
         """
+        if text and echo:
+            text = strip_echo(text, echo)
         if not text:
             return None
         for match in reversed(_ANSWER_LINE.findall(text)):
@@ -119,23 +141,23 @@ class Task(ABC):
         """Candidate answer tokens in order of appearance (fallback when there is no 'Answer:' line)."""
         return re.findall(r"[A-Za-z]+|-?\d+", text)
 
-    def verify(self, row: dict[str, Any], completion: str) -> bool:
+    def verify(self, row: dict[str, Any], completion: str, echo: str | None = None) -> bool:
         """True iff the completion's final answer equals the row's gold answer."""
-        return self.parse_answer(completion) == row["answer"]
+        return self.parse_answer(completion, echo) == row["answer"]
 
-    def score(self, dataset: Iterable[dict], completions: Sequence[str]) -> dict[str, Any]:
+    def score(self, dataset: Iterable[dict], completions: Sequence[str], echo: str | None = None) -> dict[str, Any]:
         """Accuracy and the honest companions of accuracy.
 
         Keys: ``n``, ``accuracy``, ``majority_baseline`` (accuracy of always giving the most common gold
         answer), ``unparseable`` (count), ``per_difficulty`` ({difficulty: {n, accuracy}}), and for
         classification tasks ``balanced_accuracy`` (mean recall over the gold classes present),
         ``per_class_recall`` and ``confusion`` ({gold: {predicted or "unparseable": count}}); these three are
-        None for open-answer tasks.
+        None for open-answer tasks. ``echo``: the strategy that was in the prompt (see :meth:`parse_answer`).
         """
         rows = list(dataset)
         if len(rows) != len(completions):
             raise ValueError(f"score got {len(rows)} rows but {len(completions)} completions")
-        preds = [self.parse_answer(c) for c in completions]
+        preds = [self.parse_answer(c, echo) for c in completions]
         gold = [r["answer"] for r in rows]
         correct = [p == g for p, g in zip(preds, gold)]
         n = len(rows)
