@@ -86,13 +86,14 @@ def main(argv=None) -> int:
         path.write_text(json.dumps(value, indent=2))
         return value
 
-    def score_only(r, data):
+    def score_only(r, data, strat=None):
         rows = list(data)
         per = {}
         for d in task.difficulties:
             idx = [i for i, row in enumerate(rows) if row["difficulty"] == d]
             if idx:
-                per[d] = task.score([rows[i] for i in idx], [r["completions"][i] for i in idx])["balanced_accuracy"]
+                per[d] = task.score([rows[i] for i in idx], [r["completions"][i] for i in idx],
+                                    echo=strat)["balanced_accuracy"]
         return ({k: v for k, v in r.items() if k != "completions"}
                 | {"per_difficulty_balanced": per, "completions_head": r["completions"][:3]})
 
@@ -115,7 +116,7 @@ def main(argv=None) -> int:
 
     def ev(model_or_teacher, strat, tokenizer=None, data=test_set):
         return score_only(evaluate(model_or_teacher, task, data, strategy=strat, tokenizer=tokenizer,
-                                   max_new_tokens=args.eval_tokens, batch_size=16), data)
+                                   max_new_tokens=args.eval_tokens, batch_size=16), data, strat)
 
     teacher_plain = cached("teacher_no_strategy", lambda: ev(teacher, None))
     log(f"teacher, no strategy: bal {teacher_plain['balanced_accuracy']:.3f}")
