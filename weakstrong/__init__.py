@@ -5,7 +5,7 @@ Heavy submodules (trainers) are imported lazily so that ``import weakstrong`` st
 
 from __future__ import annotations
 
-import importlib
+from ._lazy import lazy_exports
 
 __version__ = "0.1.0"
 
@@ -28,14 +28,4 @@ _LAZY = {
     "OpenAICompatibleTeacher": "weakstrong.teachers",
 }
 
-__all__ = sorted(_LAZY) + ["__version__"]
-
-
-def __getattr__(name: str):
-    if name in _LAZY:
-        return getattr(importlib.import_module(_LAZY[name]), name)
-    raise AttributeError(f"module 'weakstrong' has no attribute {name!r}")
-
-
-def __dir__():
-    return __all__
+__all__, __getattr__, __dir__ = lazy_exports("weakstrong", _LAZY, ("__version__",))

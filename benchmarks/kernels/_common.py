@@ -68,7 +68,14 @@ DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 # ----------------------------------------------------------------------------------------------------------
 # arguments / environment
 # ----------------------------------------------------------------------------------------------------------
-def parser(description: str, cpu_tokens, quick_tokens, gpu_tokens, vocabs_cpu, vocabs_gpu) -> argparse.ArgumentParser:
+# the logit-kernel sweeps (entropy, mixed CE): token counts per setting and the vocabularies of Qwen2.5 / Llama 3
+LOGIT_SWEEP = dict(cpu_tokens=[256, 512, 1024, 2048], quick_tokens=[256, 512],
+                   gpu_tokens=[1024, 2048, 4096, 8192, 16384, 32768], vocabs_cpu=[151936], vocabs_gpu=[151936, 128256])
+
+
+def parser(description: str, cpu_tokens=LOGIT_SWEEP["cpu_tokens"], quick_tokens=LOGIT_SWEEP["quick_tokens"],
+           gpu_tokens=LOGIT_SWEEP["gpu_tokens"], vocabs_cpu=LOGIT_SWEEP["vocabs_cpu"],
+           vocabs_gpu=LOGIT_SWEEP["vocabs_gpu"]) -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=description)
     p.add_argument("--device", choices=["cpu", "cuda"], default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--quick", action="store_true", help="small CPU sweep (a minute or so)")

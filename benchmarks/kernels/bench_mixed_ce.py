@@ -125,14 +125,7 @@ def providers():
 
 
 def main(argv=None):
-    p = C.parser(
-        __doc__,
-        cpu_tokens=[256, 512, 1024, 2048],
-        quick_tokens=[256, 512],
-        gpu_tokens=[1024, 2048, 4096, 8192, 16384, 32768],
-        vocabs_cpu=[151936],
-        vocabs_gpu=[151936, 128256],
-    )
+    p = C.parser(__doc__)  # the logit-kernel sweep sizes (C.LOGIT_SWEEP)
     args = C.finish_args(p.parse_args(argv))
     C.sweep(args, "mixed_ce", providers(), [(None, v) for v in args.vocab], "mixed cross entropy",
             note=f"; lam={LAM} (ce_lam1: lam=1)", clear=_logits.cache_clear)

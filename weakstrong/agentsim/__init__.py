@@ -6,7 +6,7 @@ Heavy parts (datasets, matplotlib, models) are imported only when used.
 
 from __future__ import annotations
 
-import importlib
+from .._lazy import lazy_exports
 
 _LAZY = {
     "SimulationConfig": "weakstrong.agentsim.config",
@@ -38,14 +38,4 @@ _LAZY = {
     "plot_divergence": "weakstrong.agentsim.telemetry",
 }
 
-__all__ = sorted(_LAZY)
-
-
-def __getattr__(name: str):
-    if name in _LAZY:
-        return getattr(importlib.import_module(_LAZY[name]), name)
-    raise AttributeError(f"module 'weakstrong.agentsim' has no attribute {name!r}")
-
-
-def __dir__():
-    return __all__
+__all__, __getattr__, __dir__ = lazy_exports("weakstrong.agentsim", _LAZY)

@@ -7,7 +7,7 @@ Heavy imports (TRL, transformers) happen on first use of ``WMSSConfig``/``WMSSTr
 
 from __future__ import annotations
 
-import importlib
+from .._lazy import lazy_exports
 
 _LAZY = {
     "WMSSConfig": "weakstrong.wmss.config",
@@ -21,14 +21,4 @@ _LAZY = {
     "write_entropies": "weakstrong.wmss.plots",
 }
 
-__all__ = sorted(_LAZY)
-
-
-def __getattr__(name: str):
-    if name in _LAZY:
-        return getattr(importlib.import_module(_LAZY[name]), name)
-    raise AttributeError(f"module 'weakstrong.wmss' has no attribute {name!r}")
-
-
-def __dir__():
-    return __all__
+__all__, __getattr__, __dir__ = lazy_exports("weakstrong.wmss", _LAZY)
