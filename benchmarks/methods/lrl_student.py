@@ -53,6 +53,10 @@ def parse_args(argv=None):
     p.add_argument("--epochs", type=float, default=2.0)
     p.add_argument("--lr", type=float, default=1e-3)
     p.add_argument("--train-batch-size", type=int, default=8)
+    p.add_argument("--lora-r", type=int, default=8, help="student LoRA rank (the library default: 8)")
+    p.add_argument("--lora-alpha", type=int, default=16)
+    p.add_argument("--lora-targets", nargs="+", default=["q_proj", "v_proj"],
+                   help="student LoRA target modules (the library default: q_proj v_proj)")
     p.add_argument("--teacher-tokens", type=int, default=96)
     p.add_argument("--reflect-tokens", type=int, default=160, help="budget of a journal entry and of a distillation")
     p.add_argument("--eval-tokens", type=int, default=96)
@@ -130,7 +134,8 @@ def main(argv=None) -> int:
         cfg = dict(output_dir=str(out / name), report_to="none", seed=seed, num_train_epochs=args.epochs,
                    learning_rate=args.lr, per_device_train_batch_size=args.train_batch_size, max_length=384,
                    logging_steps=1, save_strategy="no", dataloader_num_workers=0, disable_tqdm=True,
-                   gradient_checkpointing=False)
+                   gradient_checkpointing=False, lora_r=args.lora_r, lora_alpha=args.lora_alpha,
+                   lora_target_modules=list(args.lora_targets))
         cfg.update(overrides)
         config = LinguisticRLConfig(**cfg)
         trainer = LinguisticRLStudentTrainer(args.student, args=config, train_dataset=curriculum)
@@ -145,7 +150,8 @@ def main(argv=None) -> int:
             curriculum = build_curriculum(task, lr.results, strategy, size=args.curriculum_size, seed=999 + seed,
                                           use_teacher_rationale=not args.no_teacher_rationale,
                                           strategy_version=lr.strategy_version,
-                                          exclude=[r["problem"] for r in test_set])
+                                          exclude=[r["problem"] for r in test_set],
+                                          strategies=[s["text"] for s in lr.strategies])
             trainer, info = train_student(seed, curriculum, f"student_seed{seed}")
             log(f"seed {seed}: trained {info}")
             return {**ev(trainer.model, strategy, trainer.processing_class), "train": info}
@@ -174,9 +180,16 @@ def main(argv=None) -> int:
             ("teacher, no strategy", [teacher_plain] * len(seeds)),
             ("teacher + final strategy", [teacher_strat] * len(seeds)),
             ("always-majority", [majority] * len(seeds))]
+    train_info = after[seeds[0]]["train"] if seeds else {}
     lines = [f"Teacher: {teacher.name}. Student: {args.student}. Test: {args.test_problems} balanced problems "
              f"(seed {args.test_seed}); student seeds {seeds} (mean ± 95% CI, t over seeds; rows without training "
              "are deterministic).", "",
+             f"Student training: curriculum {args.curriculum_size} examples "
+             f"(rationale sources {train_info.get('curriculum', {}).get('rationale_source')}), {args.epochs:g} epochs, "
+             f"batch {args.train_batch_size}, {train_info.get('steps')} steps, lr {args.lr:g}, LoRA r={args.lora_r} "
+             f"α={args.lora_alpha} on {', '.join(args.lora_targets)}, completion-only loss. Teacher loop: "
+             f"{args.train_problems} problems, batches of {args.batch_size}, distilled every {args.distill_every}; "
+             f"final strategy v{lr.strategy_version}.", "",
              "| system | accuracy | balanced acc. | recall YES | recall NO | easy bal. | medium bal. | hard bal. | unparseable |",
              "|---|---|---|---|---|---|---|---|---|"]
 

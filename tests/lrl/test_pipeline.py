@@ -202,3 +202,27 @@ def test_pipeline_end_to_end_embedded(tmp_path):
     assert set(out["results"]) >= {"student before", "student after", "always-majority"}
     assert out["summary"]["teacher"] == "transformers:default"
     assert (tmp_path / "out" / "report.md").is_file()
+
+
+def test_curriculum_drops_copied_strategy_lines_from_teacher_rationales():
+    strategy = "1. Sort the meetings by start time.\n2. Count the most meetings in progress at once.\n3. Answer NO if it exceeds the rooms."
+    old = "1. Sort the meetings by their start time please.\n2. Compare the peak with the number of rooms available."
+    rows = TASK.generate(3, seed=11, difficulty="easy")
+    results = []
+    for r, completion in zip(rows, [
+        f"{strategy}\nAnswer: {{a}}",                                   # only an echo + answer: not a rationale
+        f"{old}\n[9-10] and [10-11] touch but do not overlap, peak 1.\nAnswer: {{a}}",   # echo of an older version
+        "The two meetings overlap between 10 and 11, so the peak is 2.\nAnswer: {a}",    # genuine
+    ]):
+        results.append({**r, "completion": completion.replace("{a}", r["answer"]), "correct": True})
+    cur = {row["problem"]: row for row in build_curriculum(TASK, results, strategy, balanced=False,
+                                                           strategies=[old, strategy])}
+    first, second, third = (cur[r["problem"]] for r in rows)
+    assert first["rationale_source"] == "task" and first["completion"][0]["content"] == rows[0]["rationale"]
+    assert second["rationale_source"] == "teacher"
+    text = second["completion"][0]["content"]
+    assert old.splitlines()[0] not in text and text.startswith("[9-10] and [10-11]")
+    assert third["completion"][0]["content"] == results[2]["completion"]
+    # by default only the final strategy counts as an echo
+    default = {row["problem"]: row for row in build_curriculum(TASK, results, strategy, balanced=False)}
+    assert default[rows[1]["problem"]]["completion"][0]["content"].startswith(old.splitlines()[0])

@@ -25,6 +25,17 @@ def _with_final_line(task, text: str, answer: str) -> str:
     return f"{text}\nAnswer: {answer}"
 
 
+def _teacher_rationale(text: str, echoes: list[str]) -> str:
+    """The teacher's completion without copied strategy lines; empty when no reasoning is left besides the answer."""
+    from ..tasks.base import strip_echo
+
+    for echo in echoes:
+        text = strip_echo(text, echo)
+    text = "\n".join(line for line in text.splitlines() if line.strip()).strip()
+    reasoning = [line for line in text.splitlines() if not _FINAL_LINE.search(line.strip())]
+    return text if reasoning else ""
+
+
 def _cell(task, row: dict) -> tuple:
     return (row.get("difficulty", "all"), row["answer"]) if task.labels else (row.get("difficulty", "all"),)
 
@@ -32,7 +43,7 @@ def _cell(task, row: dict) -> tuple:
 def build_curriculum(task, results: Iterable[dict], strategy: str | None, size: int | None = None, seed: int = 999,
                      balanced: bool = True, use_teacher_rationale: bool = True, completion: str = "rationale",
                      generator_options: dict[str, Any] | None = None, strategy_version: int | None = None,
-                     exclude: Iterable[str] | None = None):
+                     exclude: Iterable[str] | None = None, strategies: Iterable[str] | None = None):
     """The student's training set as a ``datasets.Dataset`` in TRL's conversational prompt/completion format.
 
     Each example is the task's user turn WITH ``strategy`` (the same text the student is evaluated with) and an
@@ -48,6 +59,10 @@ def build_curriculum(task, results: Iterable[dict], strategy: str | None, size: 
             teacher-verified examples are preferred inside each cell.
         generator_options: options for ``task.generate_rows`` when topping up (e.g. ``{"faithful": True}``).
         exclude: problem texts never to use (pass the test set's, so that no test problem is trained on).
+        strategies: every strategy text the teacher solved with (default: ``[strategy]``). Lines of a teacher
+            rationale that copy one of them verbatim are removed: a copied strategy is not reasoning, and a student
+            trained on it learns to echo. A rationale with nothing left but its answer line is not used (the
+            task's worked rationale replaces it, flagged ``"task"``).
     """
     from datasets import Dataset
 
@@ -97,10 +112,12 @@ def build_curriculum(task, results: Iterable[dict], strategy: str | None, size: 
             excluded.update(r["problem"] for r in fresh)
             picked += fresh[: size - len(picked)]
 
+    echoes = [t for t in (strategies if strategies is not None else [strategy]) if t]
     examples = []
     for r in picked:
-        from_teacher = use_teacher_rationale and bool(r.get("correct")) and bool(r.get("completion"))
-        rationale = _with_final_line(task, r["completion"], r["answer"]) if from_teacher else r["rationale"]
+        teacher_text = _teacher_rationale(r["completion"], echoes) if r.get("completion") else ""
+        from_teacher = use_teacher_rationale and bool(r.get("correct")) and bool(teacher_text)
+        rationale = _with_final_line(task, teacher_text, r["answer"]) if from_teacher else r["rationale"]
         target = f"Answer: {r['answer']}" if completion == "answer" else rationale
         row = {k: v for k, v in r.items() if k not in _KEEP_FIELDS_DROP}
         row.update({

@@ -128,7 +128,8 @@ class LinguisticRLTrainer:
             self.task, loop_result.results, loop_result.strategy, size=a.curriculum_size or a.train_problems,
             seed=a.curriculum_seed, balanced=a.balanced, use_teacher_rationale=a.use_teacher_rationale,
             completion=a.curriculum_completion, generator_options=self.generator_options(),
-            strategy_version=loop_result.strategy_version, exclude=[r["problem"] for r in self.test_set])
+            strategy_version=loop_result.strategy_version, exclude=[r["problem"] for r in self.test_set],
+            strategies=[s["text"] for s in loop_result.strategies])
         path = self.output_dir / "curriculum" / "curriculum.jsonl"
         path.parent.mkdir(parents=True, exist_ok=True)
         self.curriculum.to_json(str(path), lines=True)
