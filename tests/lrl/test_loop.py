@@ -135,3 +135,20 @@ def test_endpoint_down_is_a_clear_error_and_resume_point_is_kept(openai_server, 
     assert len(result.entries) == 2
     # only batch 2 (4 solves + reflection) and the distillation were asked
     assert len(openai_server.requests) - before == 6
+
+
+def test_clean_strategy_drops_copied_instruction_and_loops():
+    from weakstrong.lrl.prompts import clean_strategy
+
+    parrot = ("The strategy is a short numbered list of concrete steps that fixes the mistakes in the journal and "
+              "keeps what worked.")
+    # what the embedded 135M teacher really replied (a paraphrase of the request, four times)
+    assert clean_strategy("\n\n".join([parrot] * 4), 2000) is None
+    assert clean_strategy("Strategy:\n\n", 2000) is None
+    real = ("1. Sort the meetings by start time.\n2. Count the meetings in progress at each start.\n"
+            "3. Count the meetings in progress at each start.\n4. Answer NO if the peak exceeds the rooms.")
+    cleaned = clean_strategy(f"New strategy:\n{real}\n{parrot}", 2000)
+    assert cleaned == ("1. Sort the meetings by start time.\n2. Count the meetings in progress at each start.\n"
+                       "4. Answer NO if the peak exceeds the rooms.")
+    # a short genuine line that shares words with the instruction stays
+    assert clean_strategy("1. Keep what worked: sort by start.\n2. Fix the ties: ends free rooms.", 2000).count("\n") == 1

@@ -216,8 +216,9 @@ class ReflectionLoop:
         reply = self._ask([prompts.distill_messages(self.task, current["text"], tail)], self.distill_tokens)[0]
         text = prompts.clean_strategy(reply, self.strategy_max_chars)
         if text is None:
-            logger.warning("LRL distillation after batch %d returned nothing usable; the strategy is kept", b)
-            return self._save_strategy(current["version"] + 1, b, current["text"], "kept (empty distillation)")
+            logger.warning("LRL distillation after batch %d returned nothing usable (empty, or only a copy of the "
+                           "instruction); the strategy is kept", b)
+            return self._save_strategy(current["version"] + 1, b, current["text"], "kept (no usable distillation)")
         return self._save_strategy(current["version"] + 1, b, text, "distilled")
 
     def _save_strategy(self, version: int, after_batch: int, text: str, source: str) -> dict:

@@ -75,12 +75,17 @@ def reflection_messages(task, strategy: str, batch: int, results: list[dict], sa
     return [{"role": "user", "content": content}]
 
 
+DISTILL_INSTRUCTION = (
+    "Write an improved strategy: a short numbered list of concrete steps that fixes the mistakes in the "
+    "journal and keeps what worked. Reply with the strategy only."
+)
+
+
 def distill_messages(task, strategy: str, journal_tail: str) -> list[dict]:
     content = (
         f"Below is the recent part of your learning journal on {task.name.replace('_', ' ')} problems, and the "
         f"strategy you are using.\n\nJOURNAL:\n{journal_tail}\n\nCURRENT STRATEGY:\n{strategy}\n\n"
-        "Write an improved strategy: a short numbered list of concrete steps that fixes the mistakes in the "
-        "journal and keeps what worked. Reply with the strategy only."
+        f"{DISTILL_INSTRUCTION}"
     )
     return [{"role": "user", "content": content}]
 
@@ -89,10 +94,42 @@ _LABEL = re.compile(r"^\s*(\**\s*(new|improved|updated|revised|final)?\s*strateg
                     re.IGNORECASE)
 
 
+def _norm(line: str) -> str:
+    return " ".join(re.sub(r"^\s*(\d+[.)]|[-*•])\s*", "", line.strip().lower()).split()).rstrip(".,;:!")
+
+
+def _copies(line: str, source: str, share: float = 0.7) -> bool:
+    """Whether ``line`` (20+ characters) is mostly a verbatim run of ``source`` (a copied instruction)."""
+    from difflib import SequenceMatcher
+
+    line = _norm(line)
+    if len(line) < 20:
+        return False
+    match = SequenceMatcher(None, source, line, autojunk=False).find_longest_match(0, len(source), 0, len(line))
+    return match.size >= share * len(line)
+
+
 def clean_strategy(text: str | None, max_chars: int) -> str | None:
-    """The strategy text from a distillation reply, or None when nothing usable came back."""
+    """The strategy text from a distillation reply, or None when nothing usable came back.
+
+    Removed: a leading "Strategy:" label, lines that copy the distillation instruction (a small teacher often
+    paraphrases the request instead of answering it) and repeats of an earlier line (generation loops). What is
+    left must contain at least one line with three or more words.
+    """
     text = _LABEL.sub("", (text or "").strip(), count=1).strip()
-    if not text:
+    instruction = _norm(DISTILL_INSTRUCTION)
+    seen: set[str] = set()
+    kept: list[str] = []
+    for line in text.splitlines():
+        key = _norm(line)
+        if key and (key in seen or _copies(line, instruction)):
+            continue
+        if key:
+            seen.add(key)
+        if line.strip() or (kept and kept[-1].strip()):
+            kept.append(line.rstrip())
+    text = "\n".join(kept).strip()
+    if not any(len(re.findall(r"[A-Za-z]{2,}", line)) >= 3 for line in text.splitlines()):
         return None
     if len(text) > max_chars:
         cut = text.rfind("\n", 0, max_chars)
