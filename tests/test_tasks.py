@@ -203,3 +203,26 @@ def test_score_and_verify_take_the_echo():
     scored = task.score(rows, completions, echo=STRATEGY)
     assert scored["unparseable"] == 1 and scored["accuracy"] == 0.5 and scored["confusion"]["NO"] == {"unparseable": 1}
     assert not task.verify(rows[0], echo_only, echo=STRATEGY) and task.verify(rows[0], echo_only)
+
+
+def test_a_copied_instruction_is_not_an_answer():
+    """What the embedded 135M teacher wrote for 9 of 20 problems: the task's instruction, first word changed and cut
+    off after "'Answer: YES' or" — read as YES before copies of the instruction were ignored."""
+    task = MeetingRoomsTask()
+    copied = ("The meeting ending at time T does not conflict with one starting at T. Reason step by step, then give "
+              "the final answer on a last line 'Answer: YES' or '")
+    assert task.parse_answer(copied) is None
+    assert task.parse_answer(f"{STRATEGY}\n\n{copied}", echo=STRATEGY) is None
+    assert task.parse_answer(f"{copied}\nPeak 3 > 2 rooms.\nAnswer: NO") == "NO"
+    # a genuine line that shares a few words with the instruction is kept
+    assert task.parse_answer("At time 10 the meeting ending frees a room, so the answer is YES") == "YES"
+
+
+def test_is_copy_needs_most_of_the_line_in_one_run():
+    from weakstrong.tasks.base import echo_source, is_copy
+
+    source = echo_source("Find the largest number of meetings in progress at the same moment.")
+    assert is_copy("2. find the LARGEST number of meetings in progress", source)
+    assert is_copy("We find the largest number of meetings in progress at the same time", source)  # ends differ
+    assert not is_copy("the largest number is 3 at 10, above the 2 rooms we have", source)
+    assert not is_copy("in progress", source)  # short lines never count

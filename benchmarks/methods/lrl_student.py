@@ -52,7 +52,9 @@ def parse_args(argv=None):
     p.add_argument("--curriculum-size", type=int, default=40)
     p.add_argument("--epochs", type=float, default=2.0)
     p.add_argument("--lr", type=float, default=1e-3)
-    p.add_argument("--train-batch-size", type=int, default=8)
+    p.add_argument("--train-batch-size", type=int, default=8, help="effective batch (per step)")
+    p.add_argument("--grad-accum", type=int, default=1,
+                   help="split each step's batch into this many micro-batches (same effective batch, less memory)")
     p.add_argument("--lora-r", type=int, default=8, help="student LoRA rank (the library default: 8)")
     p.add_argument("--lora-alpha", type=int, default=16)
     p.add_argument("--lora-targets", nargs="+", default=["q_proj", "v_proj"],
@@ -62,11 +64,16 @@ def parse_args(argv=None):
     p.add_argument("--eval-tokens", type=int, default=96)
     p.add_argument("--no-teacher-rationale", action="store_true", help="always use the task's worked rationale")
     p.add_argument("--pitfall", action="store_true", help="also reproduce the original's collapse once")
+    p.add_argument("--no-strategy-control", action="store_true",
+                   help="also train seed 0 on the same curriculum WITHOUT the strategy in the prompt (and evaluate "
+                        "without it): what the worked rationales alone teach")
     return p.parse_args(argv)
 
 
 def main(argv=None) -> int:
     args = parse_args(argv)
+    if args.train_batch_size % args.grad_accum:
+        raise SystemExit(f"--train-batch-size {args.train_batch_size} must be a multiple of --grad-accum {args.grad_accum}")
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     from weakstrong.lrl import (LinguisticRLConfig, LinguisticRLStudentTrainer, ReflectionLoop, build_curriculum,
@@ -99,7 +106,8 @@ def main(argv=None) -> int:
                 per[d] = task.score([rows[i] for i in idx], [r["completions"][i] for i in idx],
                                     echo=strat)["balanced_accuracy"]
         return ({k: v for k, v in r.items() if k != "completions"}
-                | {"per_difficulty_balanced": per, "completions_head": r["completions"][:3]})
+                | {"per_difficulty_balanced": per, "completions_head": r["completions"][:3],
+                   "predictions": [task.parse_answer(c, echo=strat) for c in r["completions"]]})
 
     if "::" in args.teacher:
         base_url, model = args.teacher.split("::", 1)
@@ -132,7 +140,8 @@ def main(argv=None) -> int:
 
     def train_student(seed, curriculum, name, **overrides):
         cfg = dict(output_dir=str(out / name), report_to="none", seed=seed, num_train_epochs=args.epochs,
-                   learning_rate=args.lr, per_device_train_batch_size=args.train_batch_size, max_length=384,
+                   learning_rate=args.lr, per_device_train_batch_size=args.train_batch_size // args.grad_accum,
+                   gradient_accumulation_steps=args.grad_accum, max_length=384,
                    logging_steps=1, save_strategy="no", dataloader_num_workers=0, disable_tqdm=True,
                    gradient_checkpointing=False, lora_r=args.lora_r, lora_alpha=args.lora_alpha,
                    lora_target_modules=list(args.lora_targets))
@@ -157,6 +166,18 @@ def main(argv=None) -> int:
             return {**ev(trainer.model, strategy, trainer.processing_class), "train": info}
         after[seed] = cached(f"student_after_seed{seed}", run_seed)
         log(f"seed {seed}: student after bal {after[seed]['balanced_accuracy']:.3f} acc {after[seed]['accuracy']:.3f}")
+
+    control = None
+    if args.no_strategy_control:
+        def run_control():
+            curriculum = build_curriculum(task, lr.results, None, size=args.curriculum_size, seed=999,
+                                          use_teacher_rationale=not args.no_teacher_rationale,
+                                          exclude=[r["problem"] for r in test_set],
+                                          strategies=[s["text"] for s in lr.strategies])
+            trainer, info = train_student(0, curriculum, "control_no_strategy")
+            return {**ev(trainer.model, None, trainer.processing_class), "train": info}
+        control = cached("control_no_strategy", run_control)
+        log(f"no-strategy control: bal {control['balanced_accuracy']:.3f} acc {control['accuracy']:.3f}")
 
     pitfall = None
     if args.pitfall:
@@ -193,6 +214,8 @@ def main(argv=None) -> int:
              "| system | accuracy | balanced acc. | recall YES | recall NO | easy bal. | medium bal. | hard bal. | unparseable |",
              "|---|---|---|---|---|---|---|---|---|"]
 
+    if control:
+        rows.insert(2, ("control: same curriculum and training, no strategy (seed 0)", [control] * len(seeds)))
     for name, rs in rows:
         bal_by_diff = [fmt([x["per_difficulty_balanced"].get(d, float("nan")) for x in rs])
                        for d in ("easy", "medium", "hard")]

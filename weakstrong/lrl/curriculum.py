@@ -25,15 +25,15 @@ def _with_final_line(task, text: str, answer: str) -> str:
     return f"{text}\nAnswer: {answer}"
 
 
-def _teacher_rationale(text: str, echoes: list[str]) -> str:
-    """The teacher's completion without copied strategy lines; empty when no reasoning is left besides the answer."""
+def _teacher_rationale(task, row: dict, echoes: list[str]) -> str:
+    """The teacher's completion without lines copied from its prompt (strategies, the task's instruction, the
+    problem), re-verified by the task; empty when it is wrong then or no reasoning is left besides the answer."""
     from ..tasks.base import strip_echo
 
-    for echo in echoes:
-        text = strip_echo(text, echo)
+    text = strip_echo(row["completion"], task.instruction, row["problem"], *echoes)
     text = "\n".join(line for line in text.splitlines() if line.strip()).strip()
     reasoning = [line for line in text.splitlines() if not _FINAL_LINE.search(line.strip())]
-    return text if reasoning else ""
+    return text if reasoning and task.parse_answer(text) == row["answer"] else ""
 
 
 def _cell(task, row: dict) -> tuple:
@@ -115,7 +115,7 @@ def build_curriculum(task, results: Iterable[dict], strategy: str | None, size: 
     echoes = [t for t in (strategies if strategies is not None else [strategy]) if t]
     examples = []
     for r in picked:
-        teacher_text = _teacher_rationale(r["completion"], echoes) if r.get("completion") else ""
+        teacher_text = _teacher_rationale(task, r, echoes) if r.get("completion") and r.get("correct") else ""
         from_teacher = use_teacher_rationale and bool(r.get("correct")) and bool(teacher_text)
         rationale = _with_final_line(task, teacher_text, r["answer"]) if from_teacher else r["rationale"]
         target = f"Answer: {r['answer']}" if completion == "answer" else rationale

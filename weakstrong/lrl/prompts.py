@@ -94,21 +94,6 @@ _LABEL = re.compile(r"^\s*(\**\s*(new|improved|updated|revised|final)?\s*strateg
                     re.IGNORECASE)
 
 
-def _norm(line: str) -> str:
-    return " ".join(re.sub(r"^\s*(\d+[.)]|[-*•])\s*", "", line.strip().lower()).split()).rstrip(".,;:!")
-
-
-def _copies(line: str, source: str, share: float = 0.7) -> bool:
-    """Whether ``line`` (20+ characters) is mostly a verbatim run of ``source`` (a copied instruction)."""
-    from difflib import SequenceMatcher
-
-    line = _norm(line)
-    if len(line) < 20:
-        return False
-    match = SequenceMatcher(None, source, line, autojunk=False).find_longest_match(0, len(source), 0, len(line))
-    return match.size >= share * len(line)
-
-
 def clean_strategy(text: str | None, max_chars: int) -> str | None:
     """The strategy text from a distillation reply, or None when nothing usable came back.
 
@@ -116,13 +101,15 @@ def clean_strategy(text: str | None, max_chars: int) -> str | None:
     paraphrases the request instead of answering it) and repeats of an earlier line (generation loops). What is
     left must contain at least one line with three or more words.
     """
+    from ..tasks.base import _normalize_line, echo_source, is_copy
+
     text = _LABEL.sub("", (text or "").strip(), count=1).strip()
-    instruction = _norm(DISTILL_INSTRUCTION)
+    instruction = echo_source(DISTILL_INSTRUCTION)
     seen: set[str] = set()
     kept: list[str] = []
     for line in text.splitlines():
-        key = _norm(line)
-        if key and (key in seen or _copies(line, instruction)):
+        key = _normalize_line(line)
+        if key and (key in seen or is_copy(line, instruction)):
             continue
         if key:
             seen.add(key)

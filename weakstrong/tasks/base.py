@@ -16,6 +16,7 @@ FORMATS = ("chat", "text", "messages")
 _ANSWER_LINE = re.compile(r"answer\s*[:=]\s*\**\s*([^\n*]+)", re.IGNORECASE)
 _LIST_MARKER = re.compile(r"^\s*(?:\d+[.)]|[-*•])\s*")
 ECHO_MIN_CHARS = 20
+ECHO_SHARE = 0.7
 
 
 def _normalize_line(line: str) -> str:
@@ -23,13 +24,31 @@ def _normalize_line(line: str) -> str:
     return " ".join(line.split()).rstrip(".,;:!")
 
 
-def strip_echo(text: str, echo: str) -> str:
-    """``text`` without the lines that repeat ``echo`` (normalised: case, list markers, spacing, end punctuation;
-    only lines of at least ``ECHO_MIN_CHARS`` characters, so a short genuine ``Answer: NO`` is never dropped)."""
-    source = " ".join(_normalize_line(x) for x in echo.splitlines())
-    kept = [line for line in text.splitlines()
-            if len(_normalize_line(line)) < ECHO_MIN_CHARS or _normalize_line(line) not in source]
-    return "\n".join(kept)
+def echo_source(*texts: str | None) -> str:
+    """The normalised text that :func:`is_copy` compares lines against."""
+    return " ".join(_normalize_line(x) for t in texts if t for x in t.splitlines())
+
+
+def is_copy(line: str, source: str, share: float = ECHO_SHARE) -> bool:
+    """Whether ``line`` copies ``source`` (from :func:`echo_source`): after normalisation (case, list markers,
+    spacing, end punctuation) it has at least ``ECHO_MIN_CHARS`` characters and one verbatim run of ``source``
+    covers at least ``share`` of it. A copy with a changed first word or a cut-off end still counts; a short
+    genuine ``Answer: NO`` never does."""
+    from difflib import SequenceMatcher
+
+    norm = _normalize_line(line)
+    if len(norm) < ECHO_MIN_CHARS or not source:
+        return False
+    if norm in source:
+        return True
+    match = SequenceMatcher(None, source, norm, autojunk=False).find_longest_match(0, len(source), 0, len(norm))
+    return match.size >= share * len(norm)
+
+
+def strip_echo(text: str, *echoes: str | None) -> str:
+    """``text`` without the lines that copy any of ``echoes`` (see :func:`is_copy`)."""
+    source = echo_source(*echoes)
+    return "\n".join(line for line in text.splitlines() if not is_copy(line, source))
 
 
 class Task(ABC):
@@ -117,14 +136,15 @@ class Task(ABC):
     def parse_answer(self, text: str | None, echo: str | None = None) -> str | None:
         """The model's FINAL answer: the last ``Answer: X`` line, else the last valid answer token.
 
-        ``echo``: text that was in the prompt (a strategy). Lines of the completion that merely repeat it (at
-        least 20 characters, found in it after normalisation) are ignored first, so a model that echoes a
-        strategy ending "…otherwise NO" is not read as answering NO.
+        ``echo``: other text that was in the prompt (a strategy). Lines of the completion that copy it or the
+        task's own :attr:`instruction` (see :func:`is_copy`) are ignored first, so a model that echoes a strategy
+        ending "…otherwise NO", or the instruction "…a last line 'Answer: YES' or 'Answer: NO'", is not read as
+        answering.
 
         Returns None when no final answer can be found (counted as wrong, and separately as unparseable).
         """
-        if text and echo:
-            text = strip_echo(text, echo)
+        if text:
+            text = strip_echo(text, self.instruction, echo)
         if not text:
             return None
         for match in reversed(_ANSWER_LINE.findall(text)):
