@@ -59,9 +59,10 @@ def parse_args(argv=None):
     p.add_argument("--lora-alpha", type=int, default=16)
     p.add_argument("--lora-targets", nargs="+", default=["q_proj", "v_proj"],
                    help="student LoRA target modules (the library default: q_proj v_proj)")
-    p.add_argument("--teacher-tokens", type=int, default=96)
+    p.add_argument("--teacher-tokens", type=int, default=160)
     p.add_argument("--reflect-tokens", type=int, default=160, help="budget of a journal entry and of a distillation")
-    p.add_argument("--eval-tokens", type=int, default=96)
+    p.add_argument("--eval-tokens", type=int, default=160,
+                   help="generation budget at evaluation; a worked rationale of a hard problem is up to ~120 tokens")
     p.add_argument("--no-teacher-rationale", action="store_true", help="always use the task's worked rationale")
     p.add_argument("--pitfall", action="store_true", help="also reproduce the original's collapse once")
     p.add_argument("--no-strategy-control", action="store_true",
@@ -149,6 +150,7 @@ def main(argv=None) -> int:
         config = LinguisticRLConfig(**cfg)
         trainer = LinguisticRLStudentTrainer(args.student, args=config, train_dataset=curriculum)
         result = trainer.train()
+        trainer.save_model(str(out / name / "adapter"))  # the trained student, to re-evaluate without retraining
         losses = [h["loss"] for h in trainer.state.log_history if "loss" in h]
         return trainer, {"train_loss": result.training_loss, "first_loss": losses[:1], "last_loss": losses[-1:],
                          "steps": result.global_step, "curriculum": curriculum_summary(task, curriculum)}
