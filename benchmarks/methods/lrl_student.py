@@ -125,6 +125,8 @@ def main(argv=None) -> int:
                           log=lambda m: log(f"teacher loop {m}"))
     lr = loop.run(train)
     strategy = lr.strategy
+    strategy_texts = [s["text"] for s in lr.strategies]
+    test_problems = [r["problem"] for r in test_set]
     log(f"teacher loop done: train accuracy {lr.accuracy:.3f}, strategy v{lr.strategy_version}:\n{strategy}")
 
     def ev(model_or_teacher, strat, tokenizer=None, data=test_set):
@@ -161,8 +163,7 @@ def main(argv=None) -> int:
             curriculum = build_curriculum(task, lr.results, strategy, size=args.curriculum_size, seed=999 + seed,
                                           use_teacher_rationale=not args.no_teacher_rationale,
                                           strategy_version=lr.strategy_version,
-                                          exclude=[r["problem"] for r in test_set],
-                                          strategies=[s["text"] for s in lr.strategies])
+                                          exclude=test_problems, strategies=strategy_texts)
             trainer, info = train_student(seed, curriculum, f"student_seed{seed}")
             log(f"seed {seed}: trained {info}")
             return {**ev(trainer.model, strategy, trainer.processing_class), "train": info}
@@ -174,8 +175,7 @@ def main(argv=None) -> int:
         def run_control():
             curriculum = build_curriculum(task, lr.results, None, size=args.curriculum_size, seed=999,
                                           use_teacher_rationale=not args.no_teacher_rationale,
-                                          exclude=[r["problem"] for r in test_set],
-                                          strategies=[s["text"] for s in lr.strategies])
+                                          exclude=test_problems, strategies=strategy_texts)
             trainer, info = train_student(0, curriculum, "control_no_strategy")
             return {**ev(trainer.model, None, trainer.processing_class), "train": info}
         control = cached("control_no_strategy", run_control)

@@ -60,9 +60,10 @@ def build_curriculum(task, results: Iterable[dict], strategy: str | None, size: 
         generator_options: options for ``task.generate_rows`` when topping up (e.g. ``{"faithful": True}``).
         exclude: problem texts never to use (pass the test set's, so that no test problem is trained on).
         strategies: every strategy text the teacher solved with (default: ``[strategy]``). Lines of a teacher
-            rationale that copy one of them verbatim are removed: a copied strategy is not reasoning, and a student
-            trained on it learns to echo. A rationale with nothing left but its answer line is not used (the
-            task's worked rationale replaces it, flagged ``"task"``).
+            rationale that copy one of them, the task's instruction or the problem are removed: a copy is not
+            reasoning, and a student trained on it learns to echo. The rest is verified again by the task; a
+            rationale that is then wrong, or has nothing left but its answer line, is not used (the task's worked
+            rationale replaces it, flagged ``"task"``).
     """
     from datasets import Dataset
 
@@ -115,8 +116,9 @@ def build_curriculum(task, results: Iterable[dict], strategy: str | None, size: 
     echoes = [t for t in (strategies if strategies is not None else [strategy]) if t]
     examples = []
     for r in picked:
-        teacher_text = _teacher_rationale(task, r, echoes) if r.get("completion") and r.get("correct") else ""
-        from_teacher = use_teacher_rationale and bool(r.get("correct")) and bool(teacher_text)
+        teacher_text = (_teacher_rationale(task, r, echoes)
+                        if use_teacher_rationale and r.get("correct") and r.get("completion") else "")
+        from_teacher = bool(teacher_text)
         rationale = _with_final_line(task, teacher_text, r["answer"]) if from_teacher else r["rationale"]
         target = f"Answer: {r['answer']}" if completion == "answer" else rationale
         row = {k: v for k, v in r.items() if k not in _KEEP_FIELDS_DROP}

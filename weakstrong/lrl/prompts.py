@@ -101,14 +101,14 @@ def clean_strategy(text: str | None, max_chars: int) -> str | None:
     paraphrases the request instead of answering it) and repeats of an earlier line (generation loops). What is
     left must contain at least one line with three or more words.
     """
-    from ..tasks.base import _normalize_line, echo_source, is_copy
+    from ..tasks.base import echo_source, is_copy, normalize_line
 
     text = _LABEL.sub("", (text or "").strip(), count=1).strip()
     instruction = echo_source(DISTILL_INSTRUCTION)
     seen: set[str] = set()
     kept: list[str] = []
     for line in text.splitlines():
-        key = _normalize_line(line)
+        key = normalize_line(line)
         if key and (key in seen or is_copy(line, instruction)):
             continue
         if key:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import re
 from abc import ABC, abstractmethod
 from collections import Counter, defaultdict
+from functools import lru_cache
 from typing import Any, Iterable, Sequence
 
 FORMATS = ("chat", "text", "messages")
@@ -19,14 +20,15 @@ ECHO_MIN_CHARS = 20
 ECHO_SHARE = 0.7
 
 
-def _normalize_line(line: str) -> str:
+def normalize_line(line: str) -> str:
     line = _LIST_MARKER.sub("", line.strip().lower())
     return " ".join(line.split()).rstrip(".,;:!")
 
 
+@lru_cache(maxsize=64)  # the task instruction and the strategy are the same for every completion of a run
 def echo_source(*texts: str | None) -> str:
     """The normalised text that :func:`is_copy` compares lines against."""
-    return " ".join(_normalize_line(x) for t in texts if t for x in t.splitlines())
+    return " ".join(normalize_line(x) for t in texts if t for x in t.splitlines())
 
 
 def is_copy(line: str, source: str, share: float = ECHO_SHARE) -> bool:
@@ -36,7 +38,7 @@ def is_copy(line: str, source: str, share: float = ECHO_SHARE) -> bool:
     genuine ``Answer: NO`` never does."""
     from difflib import SequenceMatcher
 
-    norm = _normalize_line(line)
+    norm = normalize_line(line)
     if len(norm) < ECHO_MIN_CHARS or not source:
         return False
     if norm in source:
