@@ -14,9 +14,10 @@ from .linear import (
     linear_selective_log_softmax_and_entropy,
     linear_selective_log_softmax_and_entropy_reference,
 )
-from .mixed_ce import mixed_cross_entropy, mixed_cross_entropy_reference
+from .mixed_ce import MixedCEStats, mixed_cross_entropy, mixed_cross_entropy_reference
 
 __all__ = [
+    "MixedCEStats",
     "entropy_from_logits",
     "entropy_from_logits_reference",
     "linear_mixed_cross_entropy",

@@ -23,7 +23,7 @@ import torch.nn.functional as F
 
 from ._dispatch import backend_for
 from .entropy import _check_temperature, lse_entropy_backward, lse_entropy_forward
-from .mixed_ce import check_mixed_args, mixed_ce_backward, mixed_ce_forward, reduce_token_losses
+from .mixed_ce import AUX_FIELDS, _check_flags, check_mixed_args, finish_mixed, mixed_ce_backward, mixed_ce_forward
 
 __all__ = [
     "linear_selective_log_softmax_and_entropy",
@@ -87,12 +87,13 @@ def linear_mixed_cross_entropy_reference(
     ignore_index=-100,
     reduction="mean",
     return_entropies=False,
+    return_stats=False,
 ):
     from .mixed_ce import mixed_cross_entropy_reference
 
     a = strong_hidden.double() @ strong_weight.double().T
     b = weak_hidden.double() @ weak_weight.double().T
-    return mixed_cross_entropy_reference(a, b, labels, lam, ignore_index, reduction, return_entropies)
+    return mixed_cross_entropy_reference(a, b, labels, lam, ignore_index, reduction, return_entropies, return_stats)
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -196,17 +197,16 @@ def linear_selective_log_softmax_and_entropy(
 # ----------------------------------------------------------------------------------------------------------
 class _LinearMixedCE(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, sh, sw, wh, ww, labels, lam, ignore_index, want_ent, chunk, backend):
+    def forward(ctx, sh, sw, wh, ww, labels, lam, ignore_index, want_stats, chunk, backend):
         n = sh.shape[0]
         dev = sh.device
         loss = torch.empty(n, dtype=torch.float32, device=dev)
         stats = torch.empty(n, 2, dtype=torch.float32, device=dev)
-        ha = torch.empty(n, dtype=torch.float32, device=dev) if want_ent else loss.new_empty(0)
-        hb = torch.empty(n, dtype=torch.float32, device=dev) if want_ent else loss.new_empty(0)
+        aux = torch.empty(n if want_stats else 0, len(AUX_FIELDS), dtype=torch.float32, device=dev)
         dts = [None, None]
-        # lam = 1 (0) without entropies never reads the weak (strong) logits: skip that matmul
-        skip_b = lam == 1.0 and not want_ent
-        skip_a = lam == 0.0 and not want_ent
+        # lam = 1 (0) without statistics never reads the weak (strong) logits: skip that matmul
+        skip_b = lam == 1.0 and not want_stats
+        skip_a = lam == 0.0 and not want_stats
         for i in range(0, n, chunk):
             a = None if skip_a else _logits(sh[i : i + chunk], sw, None)
             b = None if skip_b else _logits(wh[i : i + chunk], ww, None)
@@ -214,20 +214,20 @@ class _LinearMixedCE(torch.autograd.Function):
             b = a if b is None else b
             dts = [a.dtype, b.dtype]
             k = a.shape[0]
-            l_c, st_c, ha_c, hb_c = mixed_ce_forward(a, b, labels[i : i + k], lam, ignore_index, want_ent, backend)
+            l_c, st_c, aux_c = mixed_ce_forward(a, b, labels[i : i + k], lam, ignore_index, want_stats, backend)
             loss[i : i + k], stats[i : i + k] = l_c, st_c
-            if want_ent:
-                ha[i : i + k], hb[i : i + k] = ha_c, hb_c
+            if want_stats:
+                aux[i : i + k] = aux_c
             del a, b
         ctx.save_for_backward(sh, sw, wh, ww, labels, stats)
         ctx.lam, ctx.ignore_index, ctx.chunk, ctx.backend = lam, ignore_index, chunk, backend
         ctx.compute_dtypes = (dts[0] or sh.dtype, dts[1] or wh.dtype)
         ctx.set_materialize_grads(False)
-        ctx.mark_non_differentiable(ha, hb)
-        return loss, ha, hb
+        ctx.mark_non_differentiable(aux)
+        return loss, aux
 
     @staticmethod
-    def backward(ctx, g_loss, _g_ha, _g_hb):
+    def backward(ctx, g_loss, _g_aux):
         sh, sw, wh, ww, labels, stats = ctx.saved_tensors
         need_sh, need_sw, need_wh, need_ww = ctx.needs_input_grad[:4]
         none = (None,) * 10
@@ -287,14 +287,17 @@ def linear_mixed_cross_entropy(
     reduction: str = "mean",
     return_entropies: bool = False,
     chunk_size: int | None = None,
+    return_stats: bool = False,
 ):
     """:func:`mixed_cross_entropy` of ``strong_hidden @ strong_weight.T`` and ``weak_hidden @ weak_weight.T``.
 
     ``strong_hidden``: ``[..., Hs]``, ``strong_weight``: ``[V, Hs]``, ``weak_hidden``: ``[..., Hw]``,
     ``weak_weight``: ``[V, Hw]`` (hidden sizes may differ, vocabularies must match), ``labels``: ``[...]``.
-    Same reductions and return values as :func:`mixed_cross_entropy` (float32 loss).  ``chunk_size``: tokens
-    per chunk.
+    Same reductions and return values as :func:`mixed_cross_entropy` (float32 loss), including
+    ``return_stats=True`` -> ``(loss, MixedCEStats)`` (strong/weak entropy and NLL from the same matmuls).
+    ``chunk_size``: tokens per chunk.
     """
+    _check_flags(return_entropies, return_stats)
     check_mixed_args(lam, reduction)
     lam = float(lam)
     lead = strong_hidden.shape[:-1]
@@ -307,12 +310,8 @@ def linear_mixed_cross_entropy(
     y = labels.reshape(-1).to(torch.long)
     chunk = chunk_size or default_token_chunk(sh.shape[0], strong_weight.shape[0], sh.device)
     backend = backend_for(sh, strong_weight, wh, weak_weight)
-    per_token, ha, hb = _LinearMixedCE.apply(
-        sh, strong_weight, wh, weak_weight, y, lam, int(ignore_index), bool(return_entropies), int(chunk), backend
+    want = bool(return_entropies or return_stats)
+    per_token, aux = _LinearMixedCE.apply(
+        sh, strong_weight, wh, weak_weight, y, lam, int(ignore_index), want, int(chunk), backend
     )
-    loss = reduce_token_losses(per_token, y != ignore_index, reduction)
-    if reduction == "none":
-        loss = loss.view(lead)
-    if not return_entropies:
-        return loss
-    return loss, ha.view(lead), hb.view(lead)
+    return finish_mixed(per_token, aux, y != ignore_index, lead, reduction, return_entropies, return_stats)

@@ -6,12 +6,22 @@ gradients ``lam (p - e_y) g`` to ``strong`` and ``(1 - lam) (p - e_y) g`` to ``w
 the same pass also returns the per-token entropies of ``softmax(strong)`` and ``softmax(weak)`` (detached
 statistics, float32, 0 at ignored tokens).
 
+Per-token statistics (``return_stats=True``): ``(loss, MixedCEStats(strong_entropy, weak_entropy, strong_nll,
+weak_nll))``, computed in the same pass over the logits (no second read, no second matmul on the hidden-state
+path).  ``strong_nll = logsumexp(strong) - strong[y]`` and ``weak_nll = logsumexp(weak) - weak[y]`` are the
+cross entropies of each model alone against the target.  All four are float32 (float64 for float64 inputs on
+the torch path), shape ``labels.shape``, detached (never differentiable), and exactly 0 at ignored tokens.
+``return_entropies=True`` keeps its old return ``(loss, strong_entropy, weak_entropy)``; passing both flags is
+an error.
+
 Losses are float32 (float64 for float64 inputs on the torch path).  ``lam`` is a Python float in [0, 1]
 (0 * (-inf) is treated as 0: with ``lam = 1`` the weak logits do not enter ``z`` at all, yet the weak input
 still receives a zero gradient of its shape).
 """
 
 from __future__ import annotations
+
+from typing import NamedTuple
 
 import torch
 
@@ -22,9 +32,34 @@ if HAS_TRITON:
     import triton
     import triton.language as tl
 
-__all__ = ["mixed_cross_entropy", "mixed_cross_entropy_reference"]
+__all__ = ["MixedCEStats", "mixed_cross_entropy", "mixed_cross_entropy_reference"]
 
 _REDUCTIONS = ("mean", "sum", "none")
+#: columns of the per-token statistics buffer ``aux`` [N, 4] that the forward fills when asked
+AUX_FIELDS = ("strong_entropy", "weak_entropy", "strong_nll", "weak_nll")
+
+
+class MixedCEStats(NamedTuple):
+    """Detached per-token statistics of :func:`mixed_cross_entropy` (shape ``labels.shape``, 0 at ignored tokens).
+
+    ``strong_entropy``/``weak_entropy``: entropy (nats) of ``softmax(strong)``/``softmax(weak)``;
+    ``strong_nll``/``weak_nll``: ``logsumexp(strong) - strong[y]`` / ``logsumexp(weak) - weak[y]``.
+    """
+
+    strong_entropy: torch.Tensor
+    weak_entropy: torch.Tensor
+    strong_nll: torch.Tensor
+    weak_nll: torch.Tensor
+
+
+def _check_flags(return_entropies: bool, return_stats: bool) -> None:
+    if return_entropies and return_stats:
+        raise ValueError("pass return_entropies=True or return_stats=True, not both (stats include the entropies)")
+
+
+def split_stats(aux: torch.Tensor, lead) -> MixedCEStats:
+    """``aux`` [N, 4] (see AUX_FIELDS) -> MixedCEStats of tensors shaped ``lead``."""
+    return MixedCEStats(*(aux[:, j].view(lead) for j in range(len(AUX_FIELDS))))
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -38,8 +73,9 @@ def mixed_cross_entropy_reference(
     ignore_index: int = -100,
     reduction: str = "mean",
     return_entropies: bool = False,
+    return_stats: bool = False,
 ):
-    """Plain float64 math, differentiable by autograd (for tests)."""
+    """Plain float64 math, differentiable by autograd (for tests); same returns as :func:`mixed_cross_entropy`."""
     a = strong_logits.double()
     b = weak_logits.double()
     if lam == 1.0:
@@ -59,16 +95,24 @@ def mixed_cross_entropy_reference(
         loss = nll.sum()
     else:
         loss = nll.sum() / valid.sum().clamp(min=1)
-    if not return_entropies:
+    _check_flags(return_entropies, return_stats)
+    if not (return_entropies or return_stats):
         return loss
+
+    def _zero_ignored(t):
+        return torch.where(valid, t, torch.zeros_like(t)).detach()
 
     def _ent(x):
         lp = torch.log_softmax(x, dim=-1)
         p = lp.exp()
-        h = -(p * torch.where(p > 0, lp, torch.zeros_like(lp))).sum(-1)
-        return torch.where(valid, h, torch.zeros_like(h)).detach()
+        return _zero_ignored(-(p * torch.where(p > 0, lp, torch.zeros_like(lp))).sum(-1))
 
-    return loss, _ent(a), _ent(b)
+    def _nll(x):
+        return _zero_ignored(-torch.log_softmax(x, dim=-1).gather(-1, safe.unsqueeze(-1)).squeeze(-1))
+
+    if return_entropies:
+        return loss, _ent(a), _ent(b)
+    return loss, MixedCEStats(_ent(a), _ent(b), _nll(a), _nll(b))
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -82,17 +126,19 @@ def _mix_into(z, ac, bc, lam: float):
     return z
 
 
-def mixed_ce_torch(a2d, b2d, labels, lam, ignore_index, want_ent, max_rows=None):
-    """Returns (per-token loss [N] (0 at ignored), stats [N, 2] = (max z, log sum e^{z - max}), H_a, H_b)."""
+def mixed_ce_torch(a2d, b2d, labels, lam, ignore_index, want_stats, max_rows=None):
+    """Returns (per-token loss [N] (0 at ignored), stats [N, 2] = (max z, log sum e^{z - max}), aux).
+
+    ``aux`` is [N, 4] (columns AUX_FIELDS, 0 at ignored rows) when ``want_stats``, else an empty [0, 4].
+    """
     n, v = a2d.shape
     acc = acc_dtype(a2d.dtype) if a2d.dtype == b2d.dtype else torch.float32
     dev = a2d.device
     loss = torch.empty(n, dtype=acc, device=dev)
     stats = torch.empty(n, 2, dtype=acc, device=dev)
-    ha = torch.empty(n, dtype=acc, device=dev) if want_ent else None
-    hb = torch.empty(n, dtype=acc, device=dev) if want_ent else None
+    aux = torch.empty(n if want_stats else 0, len(AUX_FIELDS), dtype=acc, device=dev)
     if n == 0:
-        return loss, stats, ha, hb
+        return loss, stats, aux
     valid = labels != ignore_index
     safe = torch.where(valid, labels, torch.zeros_like(labels))
     rows = chunk_rows(n, v, max_rows)
@@ -110,12 +156,15 @@ def mixed_ce_torch(a2d, b2d, labels, lam, ignore_index, want_ent, max_rows=None)
         stats[i : i + k, 1] = logd_c
         nll = logd_c - (zy - m_c)
         loss[i : i + k] = torch.where(vc, nll, torch.zeros_like(nll))
-        if want_ent:
-            _, _, h = chunk_lse_entropy(ac, 1.0, z, e)
-            ha[i : i + k] = torch.where(vc, h, torch.zeros_like(h))
-            _, _, h = chunk_lse_entropy(bc, 1.0, z, e)
-            hb[i : i + k] = torch.where(vc, h, torch.zeros_like(h))
-    return loss, stats, ha, hb
+        if want_stats:
+            sy = safe[i : i + k].unsqueeze(1)
+            for j, xc in enumerate((ac, bc)):
+                xy = xc.gather(1, sy).squeeze(1).to(acc)
+                m_x, logd_x, h = chunk_lse_entropy(xc, 1.0, z, e)
+                aux[i : i + k, j] = torch.where(vc, h, torch.zeros_like(h))
+                nll_x = logd_x - (xy - m_x)
+                aux[i : i + k, 2 + j] = torch.where(vc, nll_x, torch.zeros_like(nll_x))
+    return loss, stats, aux
 
 
 def mixed_ce_grad_torch(a2d, b2d, labels, lam, ignore_index, stats, g_rows, ga, gb, max_rows=None):
@@ -185,13 +234,12 @@ if HAS_TRITON:
         y_ptr,
         loss_ptr,
         stats_ptr,
-        ha_ptr,
-        hb_ptr,
+        aux_ptr,
         V,
         lam,
         ignore_index,
         MIX: tl.constexpr,
-        WANT_ENT: tl.constexpr,
+        WANT_STATS: tl.constexpr,
         BLOCK: tl.constexpr,
     ):
         row = tl.program_id(0).to(tl.int64)
@@ -200,16 +248,15 @@ if HAS_TRITON:
             tl.store(loss_ptr + row, 0.0)
             tl.store(stats_ptr + 2 * row, 0.0)
             tl.store(stats_ptr + 2 * row + 1, 0.0)
-            if WANT_ENT:
-                tl.store(ha_ptr + row, 0.0)
-                tl.store(hb_ptr + row, 0.0)
+            if WANT_STATS:
+                for j in tl.static_range(4):
+                    tl.store(aux_ptr + 4 * row + j, 0.0)
         else:
             a_row = a_ptr + row * a_stride
             b_row = b_ptr + row * b_stride
             cols = tl.arange(0, BLOCK)
             mz = -1.0e30
             dz = 0.0
-            tz = 0.0
             ma = -1.0e30
             da = 0.0
             ta = 0.0
@@ -225,7 +272,7 @@ if HAS_TRITON:
                 m_new = tl.maximum(mz, tl.max(z, axis=0))
                 dz = dz * tl.exp(mz - m_new) + tl.sum(tl.exp(z - m_new), axis=0)
                 mz = m_new
-                if WANT_ENT:
+                if WANT_STATS:
                     ma, da, ta = _online_step(a, ma, da, ta)
                     mb, db, tb = _online_step(b, mb, db, tb)
             log_dz = tl.log(dz)
@@ -235,9 +282,13 @@ if HAS_TRITON:
             tl.store(loss_ptr + row, log_dz - (zy - mz))
             tl.store(stats_ptr + 2 * row, mz)
             tl.store(stats_ptr + 2 * row + 1, log_dz)
-            if WANT_ENT:
-                tl.store(ha_ptr + row, tl.log(da) - ta / da)
-                tl.store(hb_ptr + row, tl.log(db) - tb / db)
+            if WANT_STATS:
+                log_da = tl.log(da)
+                log_db = tl.log(db)
+                tl.store(aux_ptr + 4 * row, log_da - ta / da)
+                tl.store(aux_ptr + 4 * row + 1, log_db - tb / db)
+                tl.store(aux_ptr + 4 * row + 2, log_da - (ay - ma))
+                tl.store(aux_ptr + 4 * row + 3, log_db - (by - mb))
 
     @triton.jit
     def _mixed_ce_bwd_kernel(
@@ -299,15 +350,14 @@ def _mix_mode(lam: float) -> int:
     return 1 if lam == 1.0 else (2 if lam == 0.0 else 0)
 
 
-def mixed_ce_triton(a2d, b2d, labels, lam, ignore_index, want_ent):
+def mixed_ce_triton(a2d, b2d, labels, lam, ignore_index, want_stats):
     n, v = a2d.shape
     dev = a2d.device
     loss = torch.empty(n, dtype=torch.float32, device=dev)
     stats = torch.empty(n, 2, dtype=torch.float32, device=dev)
-    ha = torch.empty(n, dtype=torch.float32, device=dev) if want_ent else None
-    hb = torch.empty(n, dtype=torch.float32, device=dev) if want_ent else None
+    aux = torch.empty(n if want_stats else 0, len(AUX_FIELDS), dtype=torch.float32, device=dev)
     if n == 0:
-        return loss, stats, ha, hb
+        return loss, stats, aux
     block, warps = block_config(v)
     _mixed_ce_fwd_kernel[(n,)](
         a2d,
@@ -317,17 +367,16 @@ def mixed_ce_triton(a2d, b2d, labels, lam, ignore_index, want_ent):
         labels,
         loss,
         stats,
-        ha if want_ent else loss,
-        hb if want_ent else loss,
+        aux if want_stats else loss,
         v,
         float(lam),
         int(ignore_index),
         MIX=_mix_mode(lam),
-        WANT_ENT=bool(want_ent),
+        WANT_STATS=bool(want_stats),
         BLOCK=block,
         num_warps=warps,
     )
-    return loss, stats, ha, hb
+    return loss, stats, aux
 
 
 def mixed_ce_grad_triton(a2d, b2d, labels, lam, ignore_index, stats, g_rows, ga, gb):
@@ -361,10 +410,11 @@ def mixed_ce_grad_triton(a2d, b2d, labels, lam, ignore_index, stats, g_rows, ga,
 # ----------------------------------------------------------------------------------------------------------
 # autograd + public API
 # ----------------------------------------------------------------------------------------------------------
-def mixed_ce_forward(a2d, b2d, labels, lam, ignore_index, want_ent, backend):
+def mixed_ce_forward(a2d, b2d, labels, lam, ignore_index, want_stats, backend):
+    """(per-token loss [N], stats [N, 2], aux [N, 4] or [0, 4]) on ``backend``."""
     if backend == "triton":
-        return mixed_ce_triton(a2d, b2d, labels, lam, ignore_index, want_ent)
-    return mixed_ce_torch(a2d, b2d, labels, lam, ignore_index, want_ent)
+        return mixed_ce_triton(a2d, b2d, labels, lam, ignore_index, want_stats)
+    return mixed_ce_torch(a2d, b2d, labels, lam, ignore_index, want_stats)
 
 
 def mixed_ce_backward(a2d, b2d, labels, lam, ignore_index, stats, g_rows, ga, gb, backend):
@@ -375,18 +425,16 @@ def mixed_ce_backward(a2d, b2d, labels, lam, ignore_index, stats, g_rows, ga, gb
 
 class _MixedCE(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, a2d, b2d, labels, lam, ignore_index, want_ent, backend):
-        loss, stats, ha, hb = mixed_ce_forward(a2d, b2d, labels, lam, ignore_index, want_ent, backend)
+    def forward(ctx, a2d, b2d, labels, lam, ignore_index, want_stats, backend):
+        loss, stats, aux = mixed_ce_forward(a2d, b2d, labels, lam, ignore_index, want_stats, backend)
         ctx.save_for_backward(a2d, b2d, labels, stats)
         ctx.lam, ctx.ignore_index, ctx.backend = lam, ignore_index, backend
         ctx.set_materialize_grads(False)
-        if ha is None:
-            ha = hb = loss.new_empty(0)
-        ctx.mark_non_differentiable(ha, hb)
-        return loss, ha, hb
+        ctx.mark_non_differentiable(aux)  # one distinct tensor (an empty [0, 4] when not asked for)
+        return loss, aux
 
     @staticmethod
-    def backward(ctx, g_loss, _g_ha, _g_hb):
+    def backward(ctx, g_loss, _g_aux):
         a2d, b2d, labels, stats = ctx.saved_tensors
         need_a, need_b = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
         if g_loss is None:
@@ -422,6 +470,7 @@ def mixed_cross_entropy(
     ignore_index: int = -100,
     reduction: str = "mean",
     return_entropies: bool = False,
+    return_stats: bool = False,
 ):
     """Cross entropy of ``softmax(lam * strong + (1 - lam) * weak)`` against ``labels``.
 
@@ -434,10 +483,14 @@ def mixed_cross_entropy(
             (per token, shape ``labels.shape``, 0 at ignored tokens).
         return_entropies: also return the detached per-token entropies of ``softmax(strong_logits)`` and
             ``softmax(weak_logits)`` (0 at ignored tokens).
+        return_stats: also return :class:`MixedCEStats` (strong/weak entropy and strong/weak NLL of the target,
+            detached, 0 at ignored tokens), computed in the same pass.
 
     Returns:
-        float32 loss (float64 for float64 inputs), or ``(loss, strong_entropy, weak_entropy)``.
+        float32 loss (float64 for float64 inputs); ``(loss, strong_entropy, weak_entropy)`` with
+        ``return_entropies``; ``(loss, MixedCEStats)`` with ``return_stats``.
     """
+    _check_flags(return_entropies, return_stats)
     check_mixed_args(lam, reduction)
     lam = float(lam)
     if strong_logits.shape != weak_logits.shape:
@@ -448,10 +501,19 @@ def mixed_cross_entropy(
     a2d, b2d = _as_rows(strong_logits), _as_rows(weak_logits)
     y = labels.reshape(-1).to(torch.long)
     backend = backend_for(a2d, b2d)
-    per_token, ha, hb = _MixedCE.apply(a2d, b2d, y, lam, int(ignore_index), bool(return_entropies), backend)
-    loss = reduce_token_losses(per_token, y != ignore_index, reduction)
+    want = bool(return_entropies or return_stats)
+    per_token, aux = _MixedCE.apply(a2d, b2d, y, lam, int(ignore_index), want, backend)
+    return finish_mixed(per_token, aux, y != ignore_index, lead, reduction, return_entropies, return_stats)
+
+
+def finish_mixed(per_token, aux, valid, lead, reduction, return_entropies, return_stats):
+    """Reduce the per-token loss and shape the optional statistics (shared by the logits and hidden paths)."""
+    loss = reduce_token_losses(per_token, valid, reduction)
     if reduction == "none":
         loss = loss.view(lead)
-    if not return_entropies:
-        return loss
-    return loss, ha.view(lead), hb.view(lead)
+    if return_stats:
+        return loss, split_stats(aux, lead)
+    if return_entropies:
+        st = split_stats(aux, lead)
+        return loss, st.strong_entropy, st.weak_entropy
+    return loss

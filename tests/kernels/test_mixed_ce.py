@@ -4,7 +4,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from weakstrong.kernels import mixed_cross_entropy, mixed_cross_entropy_reference
+from weakstrong.kernels import MixedCEStats, mixed_cross_entropy, mixed_cross_entropy_reference
 
 
 def _close(actual, expected, atol, rtol=1e-5):
@@ -133,3 +133,70 @@ def test_bad_arguments():
         mixed_cross_entropy(a, a, torch.zeros(2, dtype=torch.long), reduction="avg")
     with pytest.raises(ValueError):
         mixed_cross_entropy(a, torch.randn(2, 6), torch.zeros(2, dtype=torch.long))
+
+
+def _manual_stats(a64, b64, labels, ignore_index=-100):
+    """The four statistics written out from their definitions (independent of the fp64 reference code)."""
+    valid = labels != ignore_index
+    safe = torch.where(valid, labels, torch.zeros_like(labels))
+    out = []
+    for x in (a64, b64):
+        p = torch.softmax(x, -1)
+        out.append(torch.where(valid, -(torch.special.xlogy(p, p)).sum(-1), 0.0))
+    for x in (a64, b64):
+        nll = torch.logsumexp(x, -1) - x.gather(-1, safe.unsqueeze(-1)).squeeze(-1)
+        out.append(torch.where(valid, nll, 0.0))
+    return out
+
+
+@pytest.mark.parametrize("lam", [0.0, 0.3, 1.0])
+@pytest.mark.parametrize("case", ["normal", "spike", "neginf"])
+def test_return_stats(backend, mk, lam, case):
+    """return_stats: strong/weak entropy and NLL vs the fp64 reference and the plain definitions; loss and
+    gradients equal those without stats; 0 at ignored tokens; detached; NamedTuple fields."""
+    a, b, labels = _inputs(mk, case, (2, 3, 4099))
+    a = a.requires_grad_()
+    b = b.requires_grad_()
+    loss, st = mixed_cross_entropy(a, b, labels, lam=lam, reduction="none", return_stats=True)
+    assert isinstance(st, MixedCEStats) and st._fields == ("strong_entropy", "weak_entropy", "strong_nll", "weak_nll")
+    rloss, rst = mixed_cross_entropy_reference(a, b, labels, lam=lam, reduction="none", return_stats=True)
+    manual = _manual_stats(a.detach().double(), b.detach().double(), labels)
+    _close(loss, rloss, 2e-5)
+    ignored = labels == -100
+    for got, ref, man in zip(st, rst, manual):
+        assert got.shape == labels.shape and got.dtype == torch.float32 and not got.requires_grad
+        _close(got, ref, 3e-5)
+        _close(ref, man, 1e-9)
+        assert (got[ignored] == 0).all()
+    plain = mixed_cross_entropy(a, b, labels, lam=lam, reduction="none")
+    torch.testing.assert_close(plain, loss, atol=0, rtol=0)
+    g1 = torch.autograd.grad(loss.sum(), (a, b))
+    g2 = torch.autograd.grad(plain.sum(), (a, b))
+    for x, y in zip(g1, g2):
+        torch.testing.assert_close(x, y, atol=0, rtol=0)
+    if lam == 1.0:  # the strong NLL of lam = 1 is the loss itself
+        _close(st.strong_nll, loss, 1e-5)
+
+
+def test_return_stats_entropies_agree(backend, mk):
+    a, b, labels = _inputs(mk, "normal", (5, 97))
+    _, ha, hb = mixed_cross_entropy(a, b, labels, lam=0.4, return_entropies=True)
+    _, st = mixed_cross_entropy(a, b, labels, lam=0.4, return_stats=True)
+    torch.testing.assert_close(ha, st.strong_entropy, atol=0, rtol=0)
+    torch.testing.assert_close(hb, st.weak_entropy, atol=0, rtol=0)
+    with pytest.raises(ValueError, match="not both"):
+        mixed_cross_entropy(a, b, labels, return_entropies=True, return_stats=True)
+
+
+def test_return_stats_float64_and_low_precision(torch_backend, mk):
+    a, b, labels = _inputs(mk, "spike", (3, 300), dtype=torch.float64)
+    _, st = mixed_cross_entropy(a, b, labels, lam=0.5, return_stats=True)
+    _, rst = mixed_cross_entropy_reference(a, b, labels, lam=0.5, return_stats=True)
+    for got, ref in zip(st, rst):
+        assert got.dtype == torch.float64
+        _close(got, ref, 1e-10)
+    _, st16 = mixed_cross_entropy(a.bfloat16(), b.float(), labels, lam=0.5, return_stats=True)
+    _, r16 = mixed_cross_entropy_reference(a.bfloat16(), b.float(), labels, lam=0.5, return_stats=True)
+    for got, ref in zip(st16, r16):
+        assert got.dtype == torch.float32
+        _close(got, ref, 1e-4)
