@@ -23,9 +23,12 @@ plain float64 math for tests.
 
 from __future__ import annotations
 
+from typing import Optional
+
 import torch
 
-from ._dispatch import HAS_TRITON, backend_for, interpreting, next_power_of_2
+from ._dispatch import HAS_TRITON, backend_for
+from ._launch import RowView, block_config, chunk_elements, fused_reduce, launch, row_chunks, row_view
 
 if HAS_TRITON:
     import triton
@@ -81,11 +84,16 @@ def acc_dtype(dtype: torch.dtype) -> torch.dtype:
     return torch.float64 if dtype == torch.float64 else torch.float32
 
 
-def chunk_rows(n_rows: int, n_cols: int, max_rows: int | None = None, elements: int | None = None) -> int:
-    """Rows per chunk so that one chunk buffer holds about ``elements`` values."""
-    budget = CHUNK_ELEMENTS if elements is None else elements
-    rows = max(1, budget // max(1, n_cols))
-    if max_rows is not None:
+def chunk_rows(
+    n_rows: int, n_cols: int, max_rows: int | None = None, elements: int | None = None, device=None
+) -> int:
+    """Rows per chunk so that one chunk buffer holds about ``elements`` values (default: sized for ``device``,
+    see :func:`kernels._launch.chunk_elements`; CPU: ``CHUNK_ELEMENTS``)."""
+    if elements is None:
+        dev = torch.device("cpu") if device is None else torch.device(device)
+        elements = chunk_elements(dev, CHUNK_ELEMENTS)
+    rows = max(1, elements // max(1, n_cols))
+    if max_rows:
         rows = min(rows, max(1, int(max_rows)))
     return max(1, min(rows, max(1, n_rows)))
 
@@ -116,50 +124,71 @@ def chunk_lse_entropy(xc, inv_t: float, s, e, want_entropy: bool = True):
     return m, log_d, log_d - t / d
 
 
-def lse_entropy_torch(x2d, index=None, inv_t: float = 1.0, want_entropy: bool = True, max_rows=None):
-    """Chunked forward over rows of ``x2d`` [N, V].
+def check_index_range(index, v: int, keep=None, what: str = "index") -> None:
+    """Raise (CPU) / device-assert (CUDA, no host sync) unless every kept index is in [0, v)."""
+    ok = (index >= 0) & (index < v)
+    if keep is not None:
+        ok = ok | ~keep
+    torch._assert_async(
+        ok.all(),
+        f"{what} out of range: every {what} must be in [0, {v}) (the vocabulary size) on rows that are not "
+        "masked or ignored; check the label shift, the ignore_index and the tokenizer's vocabulary size",
+    )
+
+
+def lse_entropy_torch(rv: RowView, index=None, inv_t: float = 1.0, want_entropy: bool = True, max_rows=None, keep=None):
+    """Chunked forward over the rows of ``rv``; ``keep`` [N] bool (or None): rows to compute.
 
     Returns ``(logp or None, entropy or None, stats)``; ``stats`` [N, 2] holds ``(m, log_d)`` per row (see
-    :func:`chunk_lse_entropy`), all that the backward needs besides the entropy.
+    :func:`chunk_lse_entropy`), all that the backward needs besides the entropy.  Rows not kept give 0.
     """
-    n, v = x2d.shape
-    acc = acc_dtype(x2d.dtype)
-    dev = x2d.device
+    n, v = rv.n, rv.v
+    acc = acc_dtype(rv.x3.dtype)
+    dev = rv.x3.device
     stats = torch.empty(n, 2, dtype=acc, device=dev)
     ent = torch.empty(n, dtype=acc, device=dev) if want_entropy else None
     logp = torch.empty(n, dtype=acc, device=dev) if index is not None else None
     if n == 0:
         return logp, ent, stats
-    rows = chunk_rows(n, v, max_rows)
+    if index is not None:
+        check_index_range(index, v, keep)
+        safe = index if keep is None else torch.where(keep, index, torch.zeros_like(index))
+    rows = chunk_rows(n, v, max_rows, device=dev)
     s_buf = torch.empty(rows, v, dtype=acc, device=dev)
     e_buf = torch.empty(rows, v, dtype=acc, device=dev)
-    for i in range(0, n, rows):
-        xc = x2d[i : i + rows]
-        k = xc.shape[0]
+    for i, k, (xc,) in row_chunks(rows, rv):
         m_c, logd_c, ent_c = chunk_lse_entropy(xc, inv_t, s_buf[:k], e_buf[:k], want_entropy)
         stats[i : i + k, 0] = m_c
         stats[i : i + k, 1] = logd_c
         if want_entropy:
             ent[i : i + k] = ent_c
         if index is not None:
-            xy = xc.gather(1, index[i : i + k].unsqueeze(1)).squeeze(1).to(acc)
+            xy = xc.gather(1, safe[i : i + k].unsqueeze(1)).squeeze(1).to(acc)
             logp[i : i + k] = (xy - m_c) * inv_t - logd_c
+    if keep is not None:
+        for t in (logp, ent, stats):
+            if t is not None:
+                t.masked_fill_(~(keep if t.ndim == 1 else keep.unsqueeze(1)), 0.0)
     return logp, ent, stats
 
 
-def lse_entropy_grad_torch(x2d, index, inv_t, stats, ent, g_lp, g_ent, out, max_rows=None):
-    """Write ``d(sum g_lp*logp + g_ent*H)/dx`` for every row of ``x2d`` into ``out`` (chunked)."""
-    n, v = x2d.shape
+def lse_entropy_grad_torch(rv: RowView, index, inv_t, stats, ent, g_lp, g_ent, out, max_rows=None, keep=None):
+    """Write ``d(sum g_lp*logp + g_ent*H)/dx`` for every row of ``rv`` into ``out`` [N, V] (chunked); rows not
+    kept get 0."""
+    n, v = rv.n, rv.v
     if n == 0:
         return out
     acc = stats.dtype
-    rows = chunk_rows(n, v, max_rows)
+    if keep is not None:  # masked rows: zero row gradient (their stats are 0, any finite value works)
+        g_lp = None if g_lp is None else torch.where(keep, g_lp, torch.zeros_like(g_lp))
+        g_ent = None if g_ent is None else torch.where(keep, g_ent, torch.zeros_like(g_ent))
+        if index is not None:
+            index = torch.where(keep, index, torch.zeros_like(index))
+    rows = chunk_rows(n, v, max_rows, device=rv.x3.device)
     direct = out.dtype == acc and out.is_contiguous()
-    lp_buf = None if direct else torch.empty(rows, v, dtype=acc, device=x2d.device)
-    p_buf = torch.empty(rows, v, dtype=acc, device=x2d.device)
-    for i in range(0, n, rows):
-        xc = x2d[i : i + rows]
-        k = xc.shape[0]
+    lp_buf = None if direct else torch.empty(rows, v, dtype=acc, device=rv.x3.device)
+    p_buf = torch.empty(rows, v, dtype=acc, device=rv.x3.device)
+    for i, k, (xc,) in row_chunks(rows, rv):
         lp = out[i : i + k] if direct else lp_buf[:k]
         p = p_buf[:k]
         torch.sub(xc, stats[i : i + k, 0:1], out=lp)
@@ -182,69 +211,96 @@ def lse_entropy_grad_torch(x2d, index, inv_t, stats, ent, g_lp, g_ent, out, max_
             lp.mul_(inv_t)
         if not direct:
             out[i : i + k].copy_(lp)
+    if keep is not None:
+        out.masked_fill_(~keep.unsqueeze(1), 0.0)  # exact zeros (p of a masked row is not 0)
     return out
 
 
 # ----------------------------------------------------------------------------------------------------------
 # Triton kernels
 # ----------------------------------------------------------------------------------------------------------
-def block_config(v: int) -> tuple[int, int]:
-    """(BLOCK, num_warps) for a row of ``v`` columns.  Small blocks under the interpreter."""
-    cap = 1024 if interpreting() else 8192
-    block = min(cap, next_power_of_2(max(16, v)))
-    warps = 4 if block <= 1024 else (8 if block <= 4096 else 16)
-    return block, warps
-
-
 if HAS_TRITON:
+
+    @triton.jit
+    def _sum2(a0, a1, b0, b1):
+        return a0 + b0, a1 + b1
+
+    @triton.jit
+    def _row_start(ptr, row, R, stride_b, stride_r):
+        """First element of flattened row ``row`` of a [B, R, V] view with strides (stride_b, stride_r, 1)."""
+        b = row // R
+        return ptr + b * stride_b + (row - b * R) * stride_r
 
     @triton.jit
     def _lse_entropy_fwd_kernel(
         x_ptr,
-        x_stride,
+        stride_b,
+        stride_r,
+        R,
         idx_ptr,
+        mask_ptr,
         logp_ptr,
         ent_ptr,
         stats_ptr,
         V,
         inv_t,
         HAS_INDEX: tl.constexpr,
+        HAS_MASK: tl.constexpr,
+        FUSED: tl.constexpr,
         BLOCK: tl.constexpr,
     ):
         row = tl.program_id(0).to(tl.int64)
-        x_row = x_ptr + row * x_stride
-        cols = tl.arange(0, BLOCK)
-        m = -1.0e30  # finite start: exp(m - m') never sees (-inf) - (-inf)
-        d = 0.0
-        t = 0.0
-        for start in range(0, V, BLOCK):
-            offs = start + cols
-            x = tl.load(x_row + offs, mask=offs < V, other=float("-inf")).to(tl.float32)
-            m_new = tl.maximum(m, tl.max(x, axis=0))  # max of raw x; scaled shifts below
-            shift = (m - m_new) * inv_t
-            alpha = tl.exp(shift)
-            s = (x - m_new) * inv_t
-            e = tl.exp(s)
-            es = e * tl.where(e > 0.0, s, 0.0)  # masked / -inf lanes: 0 * (-inf) guarded
-            t = alpha * (t + shift * d) + tl.sum(es, axis=0)
-            d = alpha * d + tl.sum(e, axis=0)
-            m = m_new
-        log_d = tl.log(d)
-        tl.store(stats_ptr + 2 * row, m)
-        tl.store(stats_ptr + 2 * row + 1, log_d)
-        tl.store(ent_ptr + row, log_d - t / d)
-        if HAS_INDEX:
-            y = tl.load(idx_ptr + row).to(tl.int64)
-            xy = tl.load(x_row + y).to(tl.float32)
-            tl.store(logp_ptr + row, (xy - m) * inv_t - log_d)
+        skip = False
+        if HAS_MASK:
+            skip = tl.load(mask_ptr + row) == 0
+        if skip:  # masked row: no read of the logits, defined (zero) outputs
+            tl.store(stats_ptr + 2 * row, 0.0)
+            tl.store(stats_ptr + 2 * row + 1, 0.0)
+            tl.store(ent_ptr + row, 0.0)
+            if HAS_INDEX:
+                tl.store(logp_ptr + row, 0.0)
+        else:
+            x_row = _row_start(x_ptr, row, R, stride_b, stride_r)
+            cols = tl.arange(0, BLOCK)
+            m = -1.0e30  # finite start: exp(m - m') never sees (-inf) - (-inf)
+            d = 0.0
+            t = 0.0
+            for start in range(0, V, BLOCK):
+                offs = start + cols
+                x = tl.load(x_row + offs, mask=offs < V, other=float("-inf")).to(tl.float32)
+                m_new = tl.maximum(m, tl.max(x, axis=0))  # max of raw x; scaled shifts below
+                shift = (m - m_new) * inv_t
+                alpha = tl.exp(shift)
+                s = (x - m_new) * inv_t
+                e = tl.exp(s)
+                es = e * tl.where(e > 0.0, s, 0.0)  # masked / -inf lanes: 0 * (-inf) guarded
+                if FUSED:
+                    d_blk, t_blk = tl.reduce((e, es), 0, _sum2)  # one reduction tree for both sums
+                else:
+                    d_blk = tl.sum(e, axis=0)
+                    t_blk = tl.sum(es, axis=0)
+                t = alpha * (t + shift * d) + t_blk
+                d = alpha * d + d_blk
+                m = m_new
+            log_d = tl.log(d)
+            tl.store(stats_ptr + 2 * row, m)
+            tl.store(stats_ptr + 2 * row + 1, log_d)
+            tl.store(ent_ptr + row, log_d - t / d)
+            if HAS_INDEX:
+                y = tl.load(idx_ptr + row).to(tl.int64)
+                ok = (y >= 0) & (y < V)
+                xy = tl.load(x_row + tl.where(ok, y, 0)).to(tl.float32)  # never an out-of-range read
+                tl.store(logp_ptr + row, tl.where(ok, (xy - m) * inv_t - log_d, float("nan")))
 
     @triton.jit
     def _lse_entropy_bwd_kernel(
         x_ptr,
-        x_stride,
+        stride_b,
+        stride_r,
+        R,
         gx_ptr,
-        gx_stride,
         idx_ptr,
+        mask_ptr,
         stats_ptr,
         ent_ptr,
         glp_ptr,
@@ -253,142 +309,214 @@ if HAS_TRITON:
         inv_t,
         HAS_GLP: tl.constexpr,
         HAS_GENT: tl.constexpr,
+        HAS_MASK: tl.constexpr,
         BLOCK: tl.constexpr,
     ):
         row = tl.program_id(0).to(tl.int64)
-        x_row = x_ptr + row * x_stride
-        gx_row = gx_ptr + row * gx_stride
+        gx_row = gx_ptr + row * V  # the gradient is a fresh contiguous [N, V] buffer
         cols = tl.arange(0, BLOCK)
-        m = tl.load(stats_ptr + 2 * row)
-        log_d = tl.load(stats_ptr + 2 * row + 1)
-        ent = tl.load(ent_ptr + row)
-        glp = 0.0
-        gent = 0.0
-        y = -1
-        if HAS_GLP:
-            glp = tl.load(glp_ptr + row).to(tl.float32)
-            y = tl.load(idx_ptr + row).to(tl.int64)
-        if HAS_GENT:
-            gent = tl.load(gent_ptr + row).to(tl.float32)
-        for start in range(0, V, BLOCK):
-            offs = start + cols
-            mask = offs < V
-            x = tl.load(x_row + offs, mask=mask, other=float("-inf")).to(tl.float32)
-            logp = (x - m) * inv_t - log_d
-            p = tl.exp(logp)
-            coef = glp + gent * (tl.where(p > 0.0, logp, 0.0) + ent)  # p = 0 lanes: no 0 * (-inf)
-            g = -p * coef
-            g = g + tl.where(offs == y, glp, 0.0)
-            g = g * inv_t
-            tl.store(gx_row + offs, g.to(gx_ptr.dtype.element_ty), mask=mask)
+        skip = False
+        if HAS_MASK:
+            skip = tl.load(mask_ptr + row) == 0
+        if skip:  # masked row: zero gradient, no read of the logits
+            for start in range(0, V, BLOCK):
+                offs = start + cols
+                tl.store(gx_row + offs, tl.zeros([BLOCK], dtype=gx_ptr.dtype.element_ty), mask=offs < V)
+        else:
+            x_row = _row_start(x_ptr, row, R, stride_b, stride_r)
+            m = tl.load(stats_ptr + 2 * row)
+            log_d = tl.load(stats_ptr + 2 * row + 1)
+            ent = tl.load(ent_ptr + row)
+            glp = 0.0
+            gent = 0.0
+            y = -1
+            if HAS_GLP:
+                y = tl.load(idx_ptr + row).to(tl.int64)
+                ok = (y >= 0) & (y < V)
+                glp = tl.where(ok, tl.load(glp_ptr + row).to(tl.float32), 0.0)  # out-of-range index: no grad
+            if HAS_GENT:
+                gent = tl.load(gent_ptr + row).to(tl.float32)
+            for start in range(0, V, BLOCK):
+                offs = start + cols
+                mask = offs < V
+                x = tl.load(x_row + offs, mask=mask, other=float("-inf")).to(tl.float32)
+                logp = (x - m) * inv_t - log_d
+                p = tl.exp(logp)
+                coef = glp + gent * (tl.where(p > 0.0, logp, 0.0) + ent)  # p = 0 lanes: no 0 * (-inf)
+                g = -p * coef
+                g = g + tl.where(offs == y, glp, 0.0)
+                g = g * inv_t
+                tl.store(gx_row + offs, g.to(gx_ptr.dtype.element_ty), mask=mask)
 
 
-def lse_entropy_triton(x2d, index=None, inv_t: float = 1.0):
-    n, v = x2d.shape
-    dev = x2d.device
+def lse_entropy_triton(rv: RowView, index=None, inv_t: float = 1.0, mask=None):
+    n, v = rv.n, rv.v
+    dev = rv.x3.device
     stats = torch.empty(n, 2, dtype=torch.float32, device=dev)
     ent = torch.empty(n, dtype=torch.float32, device=dev)
     logp = torch.empty(n, dtype=torch.float32, device=dev) if index is not None else None
     if n == 0:
         return logp, ent, stats
     block, warps = block_config(v)
-    _lse_entropy_fwd_kernel[(n,)](
-        x2d,
-        x2d.stride(0),
+    args = (
+        rv.x3,
+        rv.stride_b,
+        rv.stride_r,
+        rv.r,
         index if index is not None else ent,
+        mask if mask is not None else ent,
         logp if logp is not None else ent,
         ent,
         stats,
         v,
         float(inv_t),
-        HAS_INDEX=index is not None,
-        BLOCK=block,
-        num_warps=warps,
     )
+    meta = {"HAS_INDEX": index is not None, "HAS_MASK": mask is not None, "FUSED": fused_reduce(), "BLOCK": block}
+    launch(_lse_entropy_fwd_kernel, n, args, meta, warps, dev)
     return logp, ent, stats
 
 
-def lse_entropy_grad_triton(x2d, index, inv_t, stats, ent, g_lp, g_ent, out):
-    n, v = x2d.shape
+def lse_entropy_grad_triton(rv: RowView, index, inv_t, stats, ent, g_lp, g_ent, out, mask=None):
+    n, v = rv.n, rv.v
     if n == 0:
         return out
     block, warps = block_config(v)
-    _lse_entropy_bwd_kernel[(n,)](
-        x2d,
-        x2d.stride(0),
+    args = (
+        rv.x3,
+        rv.stride_b,
+        rv.stride_r,
+        rv.r,
         out,
-        out.stride(0),
         index if index is not None else ent,
+        mask if mask is not None else ent,
         stats,
         ent,
         g_lp if g_lp is not None else ent,
         g_ent if g_ent is not None else ent,
         v,
         float(inv_t),
-        HAS_GLP=g_lp is not None,
-        HAS_GENT=g_ent is not None,
-        BLOCK=block,
-        num_warps=warps,
     )
+    meta = {"HAS_GLP": g_lp is not None, "HAS_GENT": g_ent is not None, "HAS_MASK": mask is not None, "BLOCK": block}
+    launch(_lse_entropy_bwd_kernel, n, args, meta, warps, rv.x3.device)
     return out
 
 
 # ----------------------------------------------------------------------------------------------------------
-# autograd
+# dispatch (also used by the hidden-state path in linear.py)
 # ----------------------------------------------------------------------------------------------------------
-def lse_entropy_forward(x2d, index, inv_t, backend, want_entropy=True):
+def lse_entropy_forward(x, index, inv_t, backend, want_entropy=True, row_mask=None, max_rows=None):
+    """``(logp [N] or None, entropy [N], stats [N, 2])`` of ``x`` [..., V] (strided rows read in place)."""
+    rv = row_view(x)
     if backend == "triton":
-        return lse_entropy_triton(x2d, index, inv_t)
-    return lse_entropy_torch(x2d, index, inv_t, want_entropy=want_entropy)
+        return lse_entropy_triton(rv, index, inv_t, row_mask)
+    keep = None if row_mask is None else row_mask.to(torch.bool)
+    return lse_entropy_torch(rv, index, inv_t, want_entropy=want_entropy, max_rows=max_rows, keep=keep)
 
 
-def lse_entropy_backward(x2d, index, inv_t, stats, ent, g_lp, g_ent, out, backend):
+def lse_entropy_backward(x, index, inv_t, stats, ent, g_lp, g_ent, out, backend, row_mask=None):
+    """Fill ``out`` [N, V] (contiguous) with the gradient of ``sum g_lp * logp + g_ent * H``."""
+    rv = row_view(x)
     if backend == "triton":
-        return lse_entropy_grad_triton(x2d, index, inv_t, stats, ent, g_lp, g_ent, out)
-    return lse_entropy_grad_torch(x2d, index, inv_t, stats, ent, g_lp, g_ent, out)
+        return lse_entropy_grad_triton(rv, index, inv_t, stats, ent, g_lp, g_ent, out, row_mask)
+    keep = None if row_mask is None else row_mask.to(torch.bool)
+    return lse_entropy_grad_torch(rv, index, inv_t, stats, ent, g_lp, g_ent, out, keep=keep)
 
 
-class _LogpEntropy(torch.autograd.Function):
-    """(logp [N] or None, entropy [N]) of a contiguous 2-D logits tensor."""
-
-    @staticmethod
-    def forward(ctx, x2d, index, inv_t, backend):
-        logp, ent, stats = lse_entropy_forward(x2d, index, inv_t, backend)
-        ctx.save_for_backward(x2d, index, stats, ent)
-        ctx.inv_t = inv_t
-        ctx.backend = backend
-        ctx.set_materialize_grads(False)
-        if logp is None:
-            return ent
-        return logp, ent
-
-    @staticmethod
-    def backward(ctx, *grads):
-        x2d, index, stats, ent = ctx.saved_tensors
-        if index is None:
-            g_lp, g_ent = None, grads[0]
-        else:
-            g_lp, g_ent = grads
-        if not ctx.needs_input_grad[0] or (g_lp is None and g_ent is None):
-            return None, None, None, None
-        g_lp = g_lp.contiguous().to(stats.dtype) if g_lp is not None else None
-        g_ent = g_ent.contiguous().to(stats.dtype) if g_ent is not None else None
-        out = torch.empty_like(x2d, memory_format=torch.contiguous_format)
-        lse_entropy_backward(x2d, index, ctx.inv_t, stats, ent, g_lp, g_ent, out, ctx.backend)
-        return out, None, None, None
+# ----------------------------------------------------------------------------------------------------------
+# custom ops: opaque to torch.compile (no graph break, no recompile per token count), autograd registered
+# ----------------------------------------------------------------------------------------------------------
+@torch.library.custom_op("weakstrong::lse_entropy", mutates_args=())
+def _lse_entropy_op(
+    logits: torch.Tensor,
+    index: Optional[torch.Tensor],
+    row_mask: Optional[torch.Tensor],
+    inv_t: float,
+    max_rows: int,
+    backend: str,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """``(logp [N] (empty without index), entropy [N], stats [N, 2])``; N = rows of ``logits`` [..., V]."""
+    logp, ent, stats = lse_entropy_forward(logits, index, inv_t, backend, row_mask=row_mask, max_rows=max_rows or None)
+    if logp is None:
+        logp = ent.new_empty(0)
+    return logp, ent, stats
 
 
-def _as_rows(logits: torch.Tensor) -> torch.Tensor:
-    x = logits.reshape(-1, logits.shape[-1])
-    if x.stride(-1) != 1 or (x.shape[0] > 1 and x.stride(0) != x.shape[1]):
-        x = x.contiguous()
-    return x
+@_lse_entropy_op.register_fake
+def _(logits, index, row_mask, inv_t, max_rows, backend):
+    n = logits.shape[:-1].numel()
+    acc = acc_dtype(logits.dtype)
+    return (
+        logits.new_empty(n if index is not None else 0, dtype=acc),
+        logits.new_empty(n, dtype=acc),
+        logits.new_empty(n, 2, dtype=acc),
+    )
 
 
+@torch.library.custom_op("weakstrong::lse_entropy_backward", mutates_args=())
+def _lse_entropy_bwd_op(
+    logits: torch.Tensor,
+    index: Optional[torch.Tensor],
+    row_mask: Optional[torch.Tensor],
+    stats: torch.Tensor,
+    ent: torch.Tensor,
+    g_lp: Optional[torch.Tensor],
+    g_ent: Optional[torch.Tensor],
+    inv_t: float,
+    backend: str,
+) -> torch.Tensor:
+    """Gradient w.r.t. ``logits`` (contiguous, ``logits.shape``, ``logits.dtype``)."""
+    v = logits.shape[-1]
+    out = torch.empty_like(logits, memory_format=torch.contiguous_format)
+    lse_entropy_backward(logits, index, inv_t, stats, ent, g_lp, g_ent, out.view(-1, v), backend, row_mask)
+    return out
+
+
+@_lse_entropy_bwd_op.register_fake
+def _(logits, index, row_mask, stats, ent, g_lp, g_ent, inv_t, backend):
+    return torch.empty_like(logits, memory_format=torch.contiguous_format)
+
+
+def _lse_entropy_setup(ctx, inputs, output):
+    logits, index, row_mask, inv_t, _max_rows, backend = inputs
+    _logp, ent, stats = output
+    ctx.save_for_backward(logits, index, row_mask, stats, ent)
+    ctx.inv_t, ctx.backend = inv_t, backend
+
+
+def _lse_entropy_grad(ctx, g_logp, g_ent, _g_stats):
+    logits, index, row_mask, stats, ent = ctx.saved_tensors
+    if not ctx.needs_input_grad[0] or (g_logp is None and g_ent is None):
+        return None, None, None, None, None, None
+    g_logp = g_logp.contiguous().to(stats.dtype) if (g_logp is not None and index is not None) else None
+    g_ent = g_ent.contiguous().to(stats.dtype) if g_ent is not None else None
+    gx = _lse_entropy_bwd_op(logits, index, row_mask, stats, ent, g_logp, g_ent, ctx.inv_t, ctx.backend)
+    return gx, None, None, None, None, None
+
+
+torch.library.register_autograd("weakstrong::lse_entropy", _lse_entropy_grad, setup_context=_lse_entropy_setup)
+
+
+# ----------------------------------------------------------------------------------------------------------
+# public API
+# ----------------------------------------------------------------------------------------------------------
 def _check_temperature(temperature: float) -> float:
     if temperature <= 0:
         raise ValueError("temperature must be positive")
     return 1.0 / float(temperature)
+
+
+def _flat_index(index: torch.Tensor) -> torch.Tensor:
+    if index.is_floating_point() or index.is_complex():
+        raise TypeError(f"index must be an integer tensor, got {index.dtype}")
+    return index.reshape(-1).to(torch.long)
+
+
+def _flat_mask(row_mask: torch.Tensor | None, lead) -> torch.Tensor | None:
+    if row_mask is None:
+        return None
+    if row_mask.shape != lead:
+        raise ValueError(f"row_mask shape {tuple(row_mask.shape)} must equal logits.shape[:-1] = {tuple(lead)}")
+    return row_mask.reshape(-1).to(torch.bool).view(torch.uint8)
 
 
 def selective_log_softmax_and_entropy(
@@ -402,26 +530,22 @@ def selective_log_softmax_and_entropy(
     """``(log_softmax(logits/T)[index], entropy(softmax(logits/T)))`` in one pass, both float32 [...].
 
     Differentiable with respect to ``logits`` through both outputs.  ``index`` has shape ``logits.shape[:-1]``.
-    ``row_mask`` (optional, same shape as ``index``): rows where it is 0 return 0 for both outputs.
-    ``entropy_requires_grad=False`` returns a detached entropy (TRL's keyword; keyword-only here because TRL
-    has it in third position while this signature keeps ``temperature`` third).
-    float64 logits give float64 outputs (torch path).
+    ``row_mask`` (optional, same shape as ``index``): rows where it is 0 are skipped inside the kernel (never
+    read, 0 for both outputs, 0 gradient) and may carry any index (e.g. -100).  An index outside
+    ``[0, V)`` on a kept row raises on the torch path and gives NaN (and no gradient) on the Triton path,
+    which cannot raise without a host sync.  ``entropy_requires_grad=False`` returns a detached entropy (TRL's
+    keyword; keyword-only here because TRL has it in third position while this signature keeps
+    ``temperature`` third).  float64 logits give float64 outputs (torch path).
     """
     inv_t = _check_temperature(temperature)
     lead = logits.shape[:-1]
     if index.shape != lead:
         raise ValueError(f"index shape {tuple(index.shape)} must equal logits.shape[:-1] = {tuple(lead)}")
-    x2d = _as_rows(logits)
-    idx = index.reshape(-1).to(torch.long)
-    backend = backend_for(x2d)
-    logp, ent = _LogpEntropy.apply(x2d, idx, inv_t, backend)
+    backend = backend_for(logits)
+    logp, ent, _ = _lse_entropy_op(logits, _flat_index(index), _flat_mask(row_mask, lead), inv_t, 0, backend)
     logp, ent = logp.view(lead), ent.view(lead)
     if not entropy_requires_grad:
         ent = ent.detach()
-    if row_mask is not None:
-        keep = row_mask.to(torch.bool)
-        logp = logp.masked_fill(~keep, 0.0)
-        ent = ent.masked_fill(~keep, 0.0)
     return logp, ent
 
 
@@ -430,18 +554,11 @@ def entropy_from_logits(logits: torch.Tensor, chunk_size: int = 128) -> torch.Te
 
     Returns ``logits.dtype`` (as TRL's torch path), shape ``logits.shape[:-1]``; accumulated in float32.
     ``chunk_size`` is accepted for signature compatibility: the torch path sizes its chunks by element
-    count (``CHUNK_ELEMENTS``), never more than ``chunk_size`` rows.
+    count (``CHUNK_ELEMENTS`` on CPU, per device on CUDA), never more than ``chunk_size`` rows.
     """
     lead = logits.shape[:-1]
-    x2d = _as_rows(logits)
-    backend = backend_for(x2d)
-    if not (torch.is_grad_enabled() and logits.requires_grad):
-        if backend == "torch":
-            _, ent, _ = lse_entropy_torch(x2d, None, 1.0, max_rows=chunk_size)
-        else:
-            _, ent, _ = lse_entropy_triton(x2d, None, 1.0)
-    else:
-        ent = _LogpEntropy.apply(x2d, None, 1.0, backend)
+    backend = backend_for(logits)
+    _, ent, _ = _lse_entropy_op(logits, None, None, 1.0, int(chunk_size or 0), backend)
     return ent.view(lead).to(logits.dtype)
 
 
@@ -454,21 +571,20 @@ def selective_log_softmax(
     """``log_softmax(logits / T)`` gathered at ``index``; drop-in for TRL's ``selective_log_softmax``.
 
     ``index`` of shape ``[...]`` (one per row, fused kernel) or ``[..., K]`` (chunked torch gather).
-    Returns ``logits.dtype`` like TRL's torch path.  ``row_mask`` zeros rows where it is 0.
+    Returns ``logits.dtype`` like TRL's torch path.  ``row_mask`` zeros rows where it is 0 (skipped inside the
+    kernel for one index per row).
     """
     inv_t = _check_temperature(temperature)
     lead = logits.shape[:-1]
     if index.ndim == logits.ndim - 1:
-        x2d = _as_rows(logits)
-        idx = index.reshape(-1).to(torch.long)
-        backend = backend_for(x2d)
-        logp, _ = _LogpEntropy.apply(x2d, idx, inv_t, backend)
-        out = logp.view(lead).to(logits.dtype)
-    else:
-        out = _multi_index_logp(logits, index, inv_t)
+        if index.shape != lead:
+            raise ValueError(f"index shape {tuple(index.shape)} must equal logits.shape[:-1] = {tuple(lead)}")
+        backend = backend_for(logits)
+        logp, _, _ = _lse_entropy_op(logits, _flat_index(index), _flat_mask(row_mask, lead), inv_t, 0, backend)
+        return logp.view(lead).to(logits.dtype)
+    out = _multi_index_logp(logits, index, inv_t)
     if row_mask is not None:
-        keep = row_mask.to(torch.bool)
-        out = out.masked_fill(~keep, 0.0)
+        out = out.masked_fill(~row_mask.to(torch.bool).unsqueeze(-1), 0.0)
     return out
 
 
@@ -476,15 +592,15 @@ def _multi_index_logp(logits, index, inv_t):
     """``[..., K]`` indices (top-K style): chunked ``x_k / T - logsumexp(x / T)`` through autograd (the
     fused kernel handles one index per row)."""
     v = logits.shape[-1]
-    x2d = _as_rows(logits)
+    rv = row_view(logits)
     idx2d = index.reshape(-1, index.shape[-1]).to(torch.long)
-    rows = chunk_rows(x2d.shape[0], v)
+    rows = chunk_rows(rv.n, v, device=logits.device)
     outs = []
-    for i in range(0, x2d.shape[0], rows):
-        xc = x2d[i : i + rows].to(acc_dtype(logits.dtype))
+    for i, k, (xc,) in row_chunks(rows, rv):
+        xc = xc.to(acc_dtype(logits.dtype))
         if inv_t != 1.0:
             xc = xc * inv_t
         lse = torch.logsumexp(xc, dim=-1, keepdim=True)
-        outs.append(xc.gather(1, idx2d[i : i + rows]) - lse)
-    out = torch.cat(outs, 0) if outs else x2d.new_empty(0, index.shape[-1], dtype=torch.float32)
+        outs.append(xc.gather(1, idx2d[i : i + k]) - lse)
+    out = torch.cat(outs, 0) if outs else logits.new_empty(0, index.shape[-1], dtype=torch.float32)
     return out.view(index.shape).to(logits.dtype)

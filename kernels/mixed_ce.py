@@ -26,7 +26,8 @@ from typing import NamedTuple
 import torch
 
 from ._dispatch import HAS_TRITON, backend_for
-from .entropy import _as_rows, acc_dtype, block_config, chunk_lse_entropy, chunk_rows
+from ._launch import RowView, block_config, fused_reduce, launch, row_chunks, row_view
+from .entropy import acc_dtype, check_index_range, chunk_lse_entropy, chunk_rows
 
 if HAS_TRITON:
     import triton
@@ -126,60 +127,63 @@ def _mix_into(z, ac, bc, lam: float):
     return z
 
 
-def mixed_ce_torch(a2d, b2d, labels, lam, ignore_index, want_stats, max_rows=None):
+def _mixed_acc(a_dtype, b_dtype):
+    return acc_dtype(a_dtype) if a_dtype == b_dtype else torch.float32
+
+
+def mixed_ce_torch(ra: RowView, rb: RowView, labels, lam, ignore_index, want_stats, max_rows=None):
     """Returns (per-token loss [N] (0 at ignored), stats [N, 2] = (max z, log sum e^{z - max}), aux).
 
     ``aux`` is [N, 4] (columns AUX_FIELDS, 0 at ignored rows) when ``want_stats``, else an empty [0, 4].
+    A target outside ``[0, V)`` that is not ``ignore_index`` raises (device assert on CUDA, no host sync).
     """
-    n, v = a2d.shape
-    acc = acc_dtype(a2d.dtype) if a2d.dtype == b2d.dtype else torch.float32
-    dev = a2d.device
+    n, v = ra.n, ra.v
+    acc = _mixed_acc(ra.x3.dtype, rb.x3.dtype)
+    dev = ra.x3.device
     loss = torch.empty(n, dtype=acc, device=dev)
     stats = torch.empty(n, 2, dtype=acc, device=dev)
     aux = torch.empty(n if want_stats else 0, len(AUX_FIELDS), dtype=acc, device=dev)
     if n == 0:
         return loss, stats, aux
     valid = labels != ignore_index
+    check_index_range(labels, v, valid, what="label")
     safe = torch.where(valid, labels, torch.zeros_like(labels))
-    rows = chunk_rows(n, v, max_rows)
+    rows = chunk_rows(n, v, max_rows, device=dev)
     z_buf = torch.empty(rows, v, dtype=acc, device=dev)
     e_buf = torch.empty(rows, v, dtype=acc, device=dev)
-    for i in range(0, n, rows):
-        ac, bc = a2d[i : i + rows], b2d[i : i + rows]
-        k = ac.shape[0]
+    for i, k, (ac, bc) in row_chunks(rows, ra, rb):
         z, e = z_buf[:k], e_buf[:k]
         _mix_into(z, ac, bc, lam)
-        zy = z.gather(1, safe[i : i + k].unsqueeze(1)).squeeze(1)
+        sy = safe[i : i + k].unsqueeze(1)
+        zy = z.gather(1, sy).squeeze(1)
         m_c, logd_c, _ = chunk_lse_entropy(z, 1.0, e, z, want_entropy=False)  # e <- z - m, z <- exp (scratch)
-        vc = valid[i : i + k]
         stats[i : i + k, 0] = m_c
         stats[i : i + k, 1] = logd_c
-        nll = logd_c - (zy - m_c)
-        loss[i : i + k] = torch.where(vc, nll, torch.zeros_like(nll))
+        loss[i : i + k] = logd_c - (zy - m_c)
         if want_stats:
-            sy = safe[i : i + k].unsqueeze(1)
             for j, xc in enumerate((ac, bc)):
                 xy = xc.gather(1, sy).squeeze(1).to(acc)
                 m_x, logd_x, h = chunk_lse_entropy(xc, 1.0, z, e)
-                aux[i : i + k, j] = torch.where(vc, h, torch.zeros_like(h))
-                nll_x = logd_x - (xy - m_x)
-                aux[i : i + k, 2 + j] = torch.where(vc, nll_x, torch.zeros_like(nll_x))
+                aux[i : i + k, j] = h
+                aux[i : i + k, 2 + j] = logd_x - (xy - m_x)
+    loss.masked_fill_(~valid, 0.0)
+    stats.masked_fill_(~valid.unsqueeze(1), 0.0)
+    if want_stats:
+        aux.masked_fill_(~valid.unsqueeze(1), 0.0)
     return loss, stats, aux
 
 
-def mixed_ce_grad_torch(a2d, b2d, labels, lam, ignore_index, stats, g_rows, ga, gb, max_rows=None):
-    """Write lam*(p - e_y)*g into ``ga`` and (1-lam)*(p - e_y)*g into ``gb`` (either may be None)."""
-    n, v = a2d.shape
+def mixed_ce_grad_torch(ra: RowView, rb: RowView, labels, lam, ignore_index, stats, g_rows, ga, gb, max_rows=None):
+    """Write lam*(p - e_y)*g into ``ga`` and (1-lam)*(p - e_y)*g into ``gb`` ([N, V] each, either may be None)."""
+    n, v = ra.n, ra.v
     if n == 0:
         return
     valid = labels != ignore_index
     safe = torch.where(valid, labels, torch.zeros_like(labels)).unsqueeze(1)
     g = torch.where(valid, g_rows.to(stats.dtype), torch.zeros_like(g_rows, dtype=stats.dtype))
-    rows = chunk_rows(n, v, max_rows)
-    z_buf = torch.empty(rows, v, dtype=stats.dtype, device=a2d.device)
-    for i in range(0, n, rows):
-        ac, bc = a2d[i : i + rows], b2d[i : i + rows]
-        k = ac.shape[0]
+    rows = chunk_rows(n, v, max_rows, device=ra.x3.device)
+    z_buf = torch.empty(rows, v, dtype=stats.dtype, device=ra.x3.device)
+    for i, k, (ac, bc) in row_chunks(rows, ra, rb):
         z = _mix_into(z_buf[:k], ac, bc, lam)
         z.sub_(stats[i : i + k, 0:1]).sub_(stats[i : i + k, 1:2]).exp_()  # p
         gc = g[i : i + k].unsqueeze(1)
@@ -201,18 +205,15 @@ def mixed_ce_grad_torch(a2d, b2d, labels, lam, ignore_index, stats, g_rows, ga, 
 # Triton kernels
 # ----------------------------------------------------------------------------------------------------------
 if HAS_TRITON:
+    from .entropy import _row_start, _sum2
 
     @triton.jit
-    def _online_step(x, m, d, t):
-        """One block of the (m, d, t) recurrence; masked / -inf lanes contribute 0."""
-        m_new = tl.maximum(m, tl.max(x, axis=0))
-        alpha = tl.exp(m - m_new)
-        s = x - m_new
-        e = tl.exp(s)
-        es = e * tl.where(e > 0.0, s, 0.0)
-        t = alpha * (t + (m - m_new) * d) + tl.sum(es, axis=0)
-        d = alpha * d + tl.sum(e, axis=0)
-        return m_new, d, t
+    def _max3(a0, a1, a2, b0, b1, b2):
+        return tl.maximum(a0, b0), tl.maximum(a1, b1), tl.maximum(a2, b2)
+
+    @triton.jit
+    def _sum5(a0, a1, a2, a3, a4, b0, b1, b2, b3, b4):
+        return a0 + b0, a1 + b1, a2 + b2, a3 + b3, a4 + b4
 
     @triton.jit
     def _mix(a, b, lam, MIX: tl.constexpr):
@@ -226,11 +227,27 @@ if HAS_TRITON:
         return z
 
     @triton.jit
+    def _exp_terms(x, m_new):
+        """e = exp(x - m'), e * (x - m') with masked / -inf lanes giving 0 (no 0 * (-inf))."""
+        s = x - m_new
+        e = tl.exp(s)
+        return e, e * tl.where(e > 0.0, s, 0.0)
+
+    @triton.jit
+    def _rescale(m, m_new, d, t, d_blk, t_blk):
+        """(d, t) of the (m, d, t) recurrence after the running max moves from m to m_new."""
+        alpha = tl.exp(m - m_new)
+        return alpha * d + d_blk, alpha * (t + (m - m_new) * d) + t_blk
+
+    @triton.jit
     def _mixed_ce_fwd_kernel(
         a_ptr,
-        a_stride,
+        a_stride_b,
+        a_stride_r,
         b_ptr,
-        b_stride,
+        b_stride_b,
+        b_stride_r,
+        R,
         y_ptr,
         loss_ptr,
         stats_ptr,
@@ -240,20 +257,24 @@ if HAS_TRITON:
         ignore_index,
         MIX: tl.constexpr,
         WANT_STATS: tl.constexpr,
+        FUSED: tl.constexpr,
         BLOCK: tl.constexpr,
     ):
         row = tl.program_id(0).to(tl.int64)
         y = tl.load(y_ptr + row).to(tl.int64)
-        if y == ignore_index:  # ignored row: no pass over the vocabulary
-            tl.store(loss_ptr + row, 0.0)
+        ignored = y == ignore_index
+        bad = ((y < 0) | (y >= V)) & (y != ignore_index)
+        if ignored | bad:  # no pass over the vocabulary; 0 (ignored) or NaN (target out of range)
+            flag = tl.where(bad, float("nan"), 0.0)
+            tl.store(loss_ptr + row, flag)
             tl.store(stats_ptr + 2 * row, 0.0)
             tl.store(stats_ptr + 2 * row + 1, 0.0)
             if WANT_STATS:
                 for j in tl.static_range(4):
-                    tl.store(aux_ptr + 4 * row + j, 0.0)
+                    tl.store(aux_ptr + 4 * row + j, flag)
         else:
-            a_row = a_ptr + row * a_stride
-            b_row = b_ptr + row * b_stride
+            a_row = _row_start(a_ptr, row, R, a_stride_b, a_stride_r)
+            b_row = _row_start(b_ptr, row, R, b_stride_b, b_stride_r)
             cols = tl.arange(0, BLOCK)
             mz = -1.0e30
             dz = 0.0
@@ -269,12 +290,37 @@ if HAS_TRITON:
                 a = tl.load(a_row + offs, mask=mask, other=float("-inf")).to(tl.float32)
                 b = tl.load(b_row + offs, mask=mask, other=float("-inf")).to(tl.float32)
                 z = _mix(a, b, lam, MIX)
-                m_new = tl.maximum(mz, tl.max(z, axis=0))
-                dz = dz * tl.exp(mz - m_new) + tl.sum(tl.exp(z - m_new), axis=0)
-                mz = m_new
-                if WANT_STATS:
-                    ma, da, ta = _online_step(a, ma, da, ta)
-                    mb, db, tb = _online_step(b, mb, db, tb)
+                if WANT_STATS:  # FUSED: three maxima in one reduction, then five sums in one
+                    if FUSED:
+                        bz, ba, bb = tl.reduce((z, a, b), 0, _max3)
+                    else:
+                        bz = tl.max(z, axis=0)
+                        ba = tl.max(a, axis=0)
+                        bb = tl.max(b, axis=0)
+                    mz_new = tl.maximum(mz, bz)
+                    ma_new = tl.maximum(ma, ba)
+                    mb_new = tl.maximum(mb, bb)
+                    ez = tl.exp(z - mz_new)
+                    ea, esa = _exp_terms(a, ma_new)
+                    eb, esb = _exp_terms(b, mb_new)
+                    if FUSED:
+                        sz, sda, sta, sdb, stb = tl.reduce((ez, ea, esa, eb, esb), 0, _sum5)
+                    else:
+                        sz = tl.sum(ez, axis=0)
+                        sda = tl.sum(ea, axis=0)
+                        sta = tl.sum(esa, axis=0)
+                        sdb = tl.sum(eb, axis=0)
+                        stb = tl.sum(esb, axis=0)
+                    dz = dz * tl.exp(mz - mz_new) + sz
+                    da, ta = _rescale(ma, ma_new, da, ta, sda, sta)
+                    db, tb = _rescale(mb, mb_new, db, tb, sdb, stb)
+                    mz = mz_new
+                    ma = ma_new
+                    mb = mb_new
+                else:
+                    m_new = tl.maximum(mz, tl.max(z, axis=0))
+                    dz = dz * tl.exp(mz - m_new) + tl.sum(tl.exp(z - m_new), axis=0)
+                    mz = m_new
             log_dz = tl.log(dz)
             ay = tl.load(a_row + y).to(tl.float32)
             by = tl.load(b_row + y).to(tl.float32)
@@ -293,13 +339,14 @@ if HAS_TRITON:
     @triton.jit
     def _mixed_ce_bwd_kernel(
         a_ptr,
-        a_stride,
+        a_stride_b,
+        a_stride_r,
         b_ptr,
-        b_stride,
+        b_stride_b,
+        b_stride_r,
+        R,
         ga_ptr,
-        ga_stride,
         gb_ptr,
-        gb_stride,
         y_ptr,
         stats_ptr,
         g_ptr,
@@ -313,21 +360,20 @@ if HAS_TRITON:
     ):
         row = tl.program_id(0).to(tl.int64)
         y = tl.load(y_ptr + row).to(tl.int64)
-        a_row = a_ptr + row * a_stride
-        b_row = b_ptr + row * b_stride
-        ga_row = ga_ptr + row * ga_stride
-        gb_row = gb_ptr + row * gb_stride
+        ga_row = ga_ptr + row * V  # gradients are fresh contiguous [N, V] buffers
+        gb_row = gb_ptr + row * V
         cols = tl.arange(0, BLOCK)
-        if y == ignore_index:
+        if (y == ignore_index) | (y < 0) | (y >= V):  # ignored / invalid target: zero gradient, no read
             for start in range(0, V, BLOCK):
                 offs = start + cols
                 mask = offs < V
-                zero = tl.zeros([BLOCK], dtype=tl.float32)
                 if WRITE_A:
-                    tl.store(ga_row + offs, zero.to(ga_ptr.dtype.element_ty), mask=mask)
+                    tl.store(ga_row + offs, tl.zeros([BLOCK], dtype=ga_ptr.dtype.element_ty), mask=mask)
                 if WRITE_B:
-                    tl.store(gb_row + offs, zero.to(gb_ptr.dtype.element_ty), mask=mask)
+                    tl.store(gb_row + offs, tl.zeros([BLOCK], dtype=gb_ptr.dtype.element_ty), mask=mask)
         else:
+            a_row = _row_start(a_ptr, row, R, a_stride_b, a_stride_r)
+            b_row = _row_start(b_ptr, row, R, b_stride_b, b_stride_r)
             mz = tl.load(stats_ptr + 2 * row)
             log_dz = tl.load(stats_ptr + 2 * row + 1)
             g = tl.load(g_ptr + row).to(tl.float32)
@@ -350,20 +396,23 @@ def _mix_mode(lam: float) -> int:
     return 1 if lam == 1.0 else (2 if lam == 0.0 else 0)
 
 
-def mixed_ce_triton(a2d, b2d, labels, lam, ignore_index, want_stats):
-    n, v = a2d.shape
-    dev = a2d.device
+def mixed_ce_triton(ra: RowView, rb: RowView, labels, lam, ignore_index, want_stats):
+    n, v = ra.n, ra.v
+    dev = ra.x3.device
     loss = torch.empty(n, dtype=torch.float32, device=dev)
     stats = torch.empty(n, 2, dtype=torch.float32, device=dev)
     aux = torch.empty(n if want_stats else 0, len(AUX_FIELDS), dtype=torch.float32, device=dev)
     if n == 0:
         return loss, stats, aux
     block, warps = block_config(v)
-    _mixed_ce_fwd_kernel[(n,)](
-        a2d,
-        a2d.stride(0),
-        b2d,
-        b2d.stride(0),
+    args = (
+        ra.x3,
+        ra.stride_b,
+        ra.stride_r,
+        rb.x3,
+        rb.stride_b,
+        rb.stride_r,
+        ra.r,
         labels,
         loss,
         stats,
@@ -371,79 +420,142 @@ def mixed_ce_triton(a2d, b2d, labels, lam, ignore_index, want_stats):
         v,
         float(lam),
         int(ignore_index),
-        MIX=_mix_mode(lam),
-        WANT_STATS=bool(want_stats),
-        BLOCK=block,
-        num_warps=warps,
     )
+    meta = {"MIX": _mix_mode(lam), "WANT_STATS": bool(want_stats), "FUSED": fused_reduce(), "BLOCK": block}
+    launch(_mixed_ce_fwd_kernel, n, args, meta, warps, dev)
     return loss, stats, aux
 
 
-def mixed_ce_grad_triton(a2d, b2d, labels, lam, ignore_index, stats, g_rows, ga, gb):
-    n, v = a2d.shape
+def mixed_ce_grad_triton(ra: RowView, rb: RowView, labels, lam, ignore_index, stats, g_rows, ga, gb):
+    n, v = ra.n, ra.v
     if n == 0 or (ga is None and gb is None):
         return
     block, warps = block_config(v)
-    _mixed_ce_bwd_kernel[(n,)](
-        a2d,
-        a2d.stride(0),
-        b2d,
-        b2d.stride(0),
+    args = (
+        ra.x3,
+        ra.stride_b,
+        ra.stride_r,
+        rb.x3,
+        rb.stride_b,
+        rb.stride_r,
+        ra.r,
         ga if ga is not None else gb,
-        (ga if ga is not None else gb).stride(0),
         gb if gb is not None else ga,
-        (gb if gb is not None else ga).stride(0),
         labels,
         stats,
         g_rows,
         v,
         float(lam),
         int(ignore_index),
-        MIX=_mix_mode(lam),
-        WRITE_A=ga is not None,
-        WRITE_B=gb is not None,
-        BLOCK=block,
-        num_warps=warps,
     )
+    meta = {"MIX": _mix_mode(lam), "WRITE_A": ga is not None, "WRITE_B": gb is not None, "BLOCK": block}
+    launch(_mixed_ce_bwd_kernel, n, args, meta, warps, ra.x3.device)
 
 
 # ----------------------------------------------------------------------------------------------------------
-# autograd + public API
+# dispatch (also used by the hidden-state path in linear.py)
 # ----------------------------------------------------------------------------------------------------------
-def mixed_ce_forward(a2d, b2d, labels, lam, ignore_index, want_stats, backend):
-    """(per-token loss [N], stats [N, 2], aux [N, 4] or [0, 4]) on ``backend``."""
+def mixed_ce_forward(a, b, labels, lam, ignore_index, want_stats, backend):
+    """(per-token loss [N], stats [N, 2], aux [N, 4] or [0, 4]) of ``a``, ``b`` [..., V] on ``backend``."""
+    ra, rb = row_view(a), row_view(b)
     if backend == "triton":
-        return mixed_ce_triton(a2d, b2d, labels, lam, ignore_index, want_stats)
-    return mixed_ce_torch(a2d, b2d, labels, lam, ignore_index, want_stats)
+        return mixed_ce_triton(ra, rb, labels, lam, ignore_index, want_stats)
+    return mixed_ce_torch(ra, rb, labels, lam, ignore_index, want_stats)
 
 
-def mixed_ce_backward(a2d, b2d, labels, lam, ignore_index, stats, g_rows, ga, gb, backend):
+def mixed_ce_backward(a, b, labels, lam, ignore_index, stats, g_rows, ga, gb, backend):
+    """Fill ``ga`` / ``gb`` ([N, V] contiguous, or None) with the gradients of ``sum g_rows * loss``."""
+    ra, rb = row_view(a), row_view(b)
     if backend == "triton":
-        return mixed_ce_grad_triton(a2d, b2d, labels, lam, ignore_index, stats, g_rows, ga, gb)
-    return mixed_ce_grad_torch(a2d, b2d, labels, lam, ignore_index, stats, g_rows, ga, gb)
+        return mixed_ce_grad_triton(ra, rb, labels, lam, ignore_index, stats, g_rows, ga, gb)
+    return mixed_ce_grad_torch(ra, rb, labels, lam, ignore_index, stats, g_rows, ga, gb)
 
 
-class _MixedCE(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx, a2d, b2d, labels, lam, ignore_index, want_stats, backend):
-        loss, stats, aux = mixed_ce_forward(a2d, b2d, labels, lam, ignore_index, want_stats, backend)
-        ctx.save_for_backward(a2d, b2d, labels, stats)
-        ctx.lam, ctx.ignore_index, ctx.backend = lam, ignore_index, backend
-        ctx.set_materialize_grads(False)
-        ctx.mark_non_differentiable(aux)  # one distinct tensor (an empty [0, 4] when not asked for)
-        return loss, aux
+# ----------------------------------------------------------------------------------------------------------
+# custom ops (see entropy.py) + public API
+# ----------------------------------------------------------------------------------------------------------
+@torch.library.custom_op("weakstrong::mixed_ce", mutates_args=())
+def _mixed_ce_op(
+    strong_logits: torch.Tensor,
+    weak_logits: torch.Tensor,
+    labels: torch.Tensor,
+    lam: float,
+    ignore_index: int,
+    want_stats: bool,
+    backend: str,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """``(per-token loss [N], stats [N, 2], aux [N, 4] or [0, 4])``."""
+    return mixed_ce_forward(strong_logits, weak_logits, labels, lam, ignore_index, want_stats, backend)
 
-    @staticmethod
-    def backward(ctx, g_loss, _g_aux):
-        a2d, b2d, labels, stats = ctx.saved_tensors
-        need_a, need_b = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
-        if g_loss is None:
-            return None, None, None, None, None, None, None
-        ga = torch.empty_like(a2d, memory_format=torch.contiguous_format) if need_a else None
-        gb = torch.empty_like(b2d, memory_format=torch.contiguous_format) if need_b else None
-        g_rows = g_loss.contiguous().to(stats.dtype)
-        mixed_ce_backward(a2d, b2d, labels, ctx.lam, ctx.ignore_index, stats, g_rows, ga, gb, ctx.backend)
-        return ga, gb, None, None, None, None, None
+
+@_mixed_ce_op.register_fake
+def _(strong_logits, weak_logits, labels, lam, ignore_index, want_stats, backend):
+    n = labels.shape[0]
+    acc = _mixed_acc(strong_logits.dtype, weak_logits.dtype)
+    new = strong_logits.new_empty
+    return new(n, dtype=acc), new(n, 2, dtype=acc), new(n if want_stats else 0, len(AUX_FIELDS), dtype=acc)
+
+
+@torch.library.custom_op("weakstrong::mixed_ce_backward", mutates_args=())
+def _mixed_ce_bwd_op(
+    strong_logits: torch.Tensor,
+    weak_logits: torch.Tensor,
+    labels: torch.Tensor,
+    stats: torch.Tensor,
+    g_rows: torch.Tensor,
+    lam: float,
+    ignore_index: int,
+    need_strong: bool,
+    need_weak: bool,
+    backend: str,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Gradients w.r.t. both logits (contiguous, input shapes and dtypes; an empty tensor where not needed)."""
+    v = strong_logits.shape[-1]
+
+    def _grad(x, need):
+        return torch.empty(x.shape if need else (0,), dtype=x.dtype, device=x.device)
+
+    ga, gb = _grad(strong_logits, need_strong), _grad(weak_logits, need_weak)
+    mixed_ce_backward(
+        strong_logits,
+        weak_logits,
+        labels,
+        lam,
+        ignore_index,
+        stats,
+        g_rows,
+        ga.view(-1, v) if need_strong else None,
+        gb.view(-1, v) if need_weak else None,
+        backend,
+    )
+    return ga, gb
+
+
+@_mixed_ce_bwd_op.register_fake
+def _(strong_logits, weak_logits, labels, stats, g_rows, lam, ignore_index, need_strong, need_weak, backend):
+    def _grad(x, need):
+        return x.new_empty(x.shape if need else (0,))
+
+    return _grad(strong_logits, need_strong), _grad(weak_logits, need_weak)
+
+
+def _mixed_ce_setup(ctx, inputs, output):
+    a, b, labels, lam, ignore_index, _want, backend = inputs
+    ctx.save_for_backward(a, b, labels, output[1])
+    ctx.lam, ctx.ignore_index, ctx.backend = lam, ignore_index, backend
+
+
+def _mixed_ce_grad(ctx, g_loss, _g_stats, _g_aux):
+    a, b, labels, stats = ctx.saved_tensors
+    need_a, need_b = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
+    if g_loss is None or not (need_a or need_b):
+        return None, None, None, None, None, None, None
+    g_rows = g_loss.contiguous().to(stats.dtype)
+    ga, gb = _mixed_ce_bwd_op(a, b, labels, stats, g_rows, ctx.lam, ctx.ignore_index, need_a, need_b, ctx.backend)
+    return (ga if need_a else None), (gb if need_b else None), None, None, None, None, None
+
+
+torch.library.register_autograd("weakstrong::mixed_ce", _mixed_ce_grad, setup_context=_mixed_ce_setup)
 
 
 def reduce_token_losses(per_token, valid, reduction):
@@ -462,6 +574,12 @@ def check_mixed_args(lam, reduction):
         raise ValueError(f"reduction must be one of {_REDUCTIONS}, got {reduction!r}")
 
 
+def flat_labels(labels: torch.Tensor) -> torch.Tensor:
+    if labels.is_floating_point() or labels.is_complex():
+        raise TypeError(f"labels must be an integer tensor, got {labels.dtype}")
+    return labels.reshape(-1).to(torch.long)
+
+
 def mixed_cross_entropy(
     strong_logits: torch.Tensor,
     weak_logits: torch.Tensor,
@@ -475,10 +593,13 @@ def mixed_cross_entropy(
     """Cross entropy of ``softmax(lam * strong + (1 - lam) * weak)`` against ``labels``.
 
     Args:
-        strong_logits, weak_logits: ``[..., V]`` (same shape; dtypes may differ).
-        labels: ``[...]`` integer targets, already aligned with the logits (the caller shifts).
+        strong_logits, weak_logits: ``[..., V]`` (same shape; dtypes may differ; batch/row-strided views such as
+            ``logits[:, :-1]`` or a vocab-padded ``[..., :V]`` are read in place, not copied).
+        labels: ``[...]`` integer targets, already aligned with the logits (the caller shifts).  A target outside
+            ``[0, V)`` that is not ``ignore_index`` raises on the torch path and gives a NaN loss (zero
+            gradient) on the Triton path, which cannot raise without a host sync.
         lam: mixing weight in [0, 1]; ``lam = 1`` is ordinary cross entropy of ``strong_logits``.
-        ignore_index: tokens with this label contribute 0 loss and 0 gradient.
+        ignore_index: tokens with this label contribute 0 loss and 0 gradient; the kernels never read their rows.
         reduction: ``"mean"`` (over non-ignored tokens, 0 when all are ignored), ``"sum"``, or ``"none"``
             (per token, shape ``labels.shape``, 0 at ignored tokens).
         return_entropies: also return the detached per-token entropies of ``softmax(strong_logits)`` and
@@ -498,12 +619,11 @@ def mixed_cross_entropy(
     lead = strong_logits.shape[:-1]
     if labels.shape != lead:
         raise ValueError(f"labels shape {tuple(labels.shape)} must equal logits.shape[:-1] = {tuple(lead)}")
-    a2d, b2d = _as_rows(strong_logits), _as_rows(weak_logits)
-    y = labels.reshape(-1).to(torch.long)
-    backend = backend_for(a2d, b2d)
+    y = flat_labels(labels)
+    backend = backend_for(strong_logits, weak_logits)
     want = bool(return_entropies or return_stats)
-    per_token, aux = _MixedCE.apply(a2d, b2d, y, lam, int(ignore_index), want, backend)
-    return finish_mixed(per_token, aux, y != ignore_index, lead, reduction, return_entropies, return_stats)
+    per_token, _, aux = _mixed_ce_op(strong_logits, weak_logits, y, lam, int(ignore_index), want, backend)
+    return finish_mixed(per_token, aux.detach(), y != ignore_index, lead, reduction, return_entropies, return_stats)
 
 
 def finish_mixed(per_token, aux, valid, lead, reduction, return_entropies, return_stats):

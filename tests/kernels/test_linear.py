@@ -99,9 +99,9 @@ def test_linear_mixed_ce_return_stats(backend, lam):
         _close(got, ref, 5e-5)
         assert (got[labels == -100] == 0).all()
     plain = linear_mixed_cross_entropy(*ins, labels, lam=lam, reduction="none", chunk_size=3)
-    torch.testing.assert_close(plain, loss, atol=0, rtol=0)
+    torch.testing.assert_close(plain, loss, atol=1e-6, rtol=1e-6)  # stats change only the summation order
     for x, y in zip(torch.autograd.grad(loss.sum(), ins), torch.autograd.grad(plain.sum(), ins)):
-        torch.testing.assert_close(x, y, atol=0, rtol=0)
+        torch.testing.assert_close(x, y, atol=1e-7, rtol=1e-5)
 
 
 def test_linear_mixed_ce_matches_logits_version(torch_backend):

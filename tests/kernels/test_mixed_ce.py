@@ -169,11 +169,11 @@ def test_return_stats(backend, mk, lam, case):
         _close(ref, man, 1e-9)
         assert (got[ignored] == 0).all()
     plain = mixed_cross_entropy(a, b, labels, lam=lam, reduction="none")
-    torch.testing.assert_close(plain, loss, atol=0, rtol=0)
+    torch.testing.assert_close(plain, loss, atol=1e-6, rtol=1e-6)  # stats change only the summation order
     g1 = torch.autograd.grad(loss.sum(), (a, b))
     g2 = torch.autograd.grad(plain.sum(), (a, b))
     for x, y in zip(g1, g2):
-        torch.testing.assert_close(x, y, atol=0, rtol=0)
+        torch.testing.assert_close(x, y, atol=1e-7, rtol=1e-5)
     if lam == 1.0:  # the strong NLL of lam = 1 is the loss itself
         _close(st.strong_nll, loss, 1e-5)
 
