@@ -443,7 +443,9 @@ def _lse_entropy_op(
 
 @_lse_entropy_op.register_fake
 def _(logits, index, row_mask, inv_t, max_rows, backend):
-    n = logits.shape[:-1].numel()
+    n = 1
+    for size in logits.shape[:-1]:  # symbolic product (torch.Size.numel() would specialise the sizes)
+        n = n * size
     acc = acc_dtype(logits.dtype)
     return (
         logits.new_empty(n if index is not None else 0, dtype=acc),

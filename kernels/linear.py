@@ -18,12 +18,22 @@ it).  An empty (released) weight in the backward raises a clear error instead of
 
 from __future__ import annotations
 
+from typing import Optional
+
 import torch
 import torch.nn.functional as F
 
 from ._dispatch import backend_for
-from .entropy import _check_temperature, lse_entropy_backward, lse_entropy_forward
-from .mixed_ce import AUX_FIELDS, _check_flags, check_mixed_args, finish_mixed, mixed_ce_backward, mixed_ce_forward
+from .entropy import _check_temperature, _flat_index, lse_entropy_backward, lse_entropy_forward
+from .mixed_ce import (
+    AUX_FIELDS,
+    _check_flags,
+    check_mixed_args,
+    finish_mixed,
+    flat_labels,
+    mixed_ce_backward,
+    mixed_ce_forward,
+)
 
 __all__ = [
     "linear_selective_log_softmax_and_entropy",
@@ -59,10 +69,28 @@ def _logits(h, weight, bias):
     return F.linear(h, weight, bias)
 
 
-def _cast_for_backward(t, dtype):
-    """The forward may have run under autocast (e.g. fp32 weight, bf16 logits); the backward is not
-    autocast, so recompute in the forward's logits dtype explicitly (one cast per backward call)."""
+def _cast(t, dtype):
+    """Inputs in the logits' compute dtype (one cast per call; the backward is not autocast, so both passes
+    cast explicitly to the dtype chosen at the call, see :func:`compute_dtype`)."""
     return t if t is None or t.dtype == dtype else t.to(dtype)
+
+
+def compute_dtype(hidden: torch.Tensor, weight: torch.Tensor) -> torch.dtype:
+    """The logits dtype of ``F.linear(hidden, weight)`` at the call: the autocast dtype when autocast is on for
+    the tensors' device type, else the promoted dtype of the two."""
+    dev = hidden.device.type
+    if torch.is_autocast_enabled(dev) and torch.get_autocast_dtype(dev) in (torch.float16, torch.bfloat16):
+        return torch.get_autocast_dtype(dev)
+    return torch.promote_types(hidden.dtype, weight.dtype)
+
+
+def _token_chunk(chunk_size: int, n: int, vocab: int, device) -> int:
+    return int(chunk_size) if chunk_size else default_token_chunk(n, vocab, device)
+
+
+def _placeholder(t: torch.Tensor) -> torch.Tensor:
+    """An empty tensor standing for 'no gradient' (custom ops return tensors only)."""
+    return t.new_empty(0)
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -97,73 +125,130 @@ def linear_mixed_cross_entropy_reference(
 
 
 # ----------------------------------------------------------------------------------------------------------
-# selected log-probabilities + entropy from hidden states
+# selected log-probabilities + entropy from hidden states (custom ops: the chunk loop is opaque to
+# torch.compile, so a new token count is a new symbolic size, not a recompile)
 # ----------------------------------------------------------------------------------------------------------
-class _LinearLogpEntropy(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx, hidden, weight, bias, index, inv_t, chunk, backend):
-        n = hidden.shape[0]
-        dev = hidden.device
-        logp = torch.empty(n, dtype=torch.float32, device=dev)
-        ent = torch.empty(n, dtype=torch.float32, device=dev)
-        stats = torch.empty(n, 2, dtype=torch.float32, device=dev)
-        compute_dtype = None
-        for i in range(0, n, chunk):
-            logits = _logits(hidden[i : i + chunk], weight, bias)
-            compute_dtype = logits.dtype
-            lp, h, st = lse_entropy_forward(logits, index[i : i + chunk], inv_t, backend)
-            k = logits.shape[0]
-            logp[i : i + k], ent[i : i + k], stats[i : i + k] = lp, h, st
-            del logits
-        ctx.save_for_backward(hidden, weight, bias, index, stats, ent)
-        ctx.inv_t, ctx.chunk, ctx.backend = inv_t, chunk, backend
-        ctx.compute_dtype = compute_dtype or hidden.dtype
-        ctx.set_materialize_grads(False)
-        return logp, ent
+@torch.library.custom_op("weakstrong::linear_lse_entropy", mutates_args=())
+def _linear_lse_op(
+    hidden: torch.Tensor,
+    weight: torch.Tensor,
+    bias: Optional[torch.Tensor],
+    index: torch.Tensor,
+    inv_t: float,
+    chunk_size: int,
+    dtype: torch.dtype,
+    backend: str,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    n = hidden.shape[0]
+    dev = hidden.device
+    logp = torch.empty(n, dtype=torch.float32, device=dev)
+    ent = torch.empty(n, dtype=torch.float32, device=dev)
+    stats = torch.empty(n, 2, dtype=torch.float32, device=dev)
+    chunk = _token_chunk(chunk_size, n, weight.shape[0], dev)
+    w, b = _cast(weight, dtype), _cast(bias, dtype)
+    for i in range(0, n, chunk):
+        logits = _logits(_cast(hidden[i : i + chunk], dtype), w, b)
+        lp, h, st = lse_entropy_forward(logits, index[i : i + chunk], inv_t, backend)
+        k = logits.shape[0]
+        logp[i : i + k], ent[i : i + k], stats[i : i + k] = lp, h, st
+        del logits
+    return logp, ent, stats
 
-    @staticmethod
-    def backward(ctx, g_lp, g_ent):
-        hidden, weight, bias, index, stats, ent = ctx.saved_tensors
-        need_h, need_w, need_b = ctx.needs_input_grad[:3]
-        if g_lp is None and g_ent is None:
-            return None, None, None, None, None, None, None
-        _require_gathered(weight, "weight")
-        g_lp = g_lp.contiguous().float() if g_lp is not None else None
-        g_ent = g_ent.contiguous().float() if g_ent is not None else None
-        grad_h = torch.empty_like(hidden) if need_h else None
-        grad_w = torch.zeros_like(weight, memory_format=torch.contiguous_format) if need_w else None
-        grad_b = torch.zeros(weight.shape[0], dtype=torch.float32, device=weight.device) if need_b else None
-        n, chunk = hidden.shape[0], ctx.chunk
-        dt = ctx.compute_dtype
-        w_dt, b_dt = _cast_for_backward(weight, dt), _cast_for_backward(bias, dt)
-        for i in range(0, n, chunk):
-            h_c = _cast_for_backward(hidden[i : i + chunk], dt)
-            logits = _logits(h_c, w_dt, b_dt)
-            k = logits.shape[0]
-            gl = torch.empty_like(logits)
-            lse_entropy_backward(
-                logits,
-                index[i : i + k],
-                ctx.inv_t,
-                stats[i : i + k],
-                ent[i : i + k],
-                g_lp[i : i + k] if g_lp is not None else None,
-                g_ent[i : i + k] if g_ent is not None else None,
-                gl,
-                ctx.backend,
-            )
-            del logits
-            if need_h:
-                grad_h[i : i + k] = gl @ w_dt
-            if need_w:
-                grad_w.addmm_(_cast_for_backward(gl, grad_w.dtype).T, _cast_for_backward(h_c, grad_w.dtype))
-            if need_b:
-                grad_b += gl.float().sum(0)
-            del gl
-        del w_dt, b_dt
-        if grad_b is not None:
-            grad_b = grad_b.to(bias.dtype)
-        return grad_h, grad_w, grad_b, None, None, None, None
+
+@_linear_lse_op.register_fake
+def _(hidden, weight, bias, index, inv_t, chunk_size, dtype, backend):
+    n = hidden.shape[0]
+    return hidden.new_empty(n, dtype=torch.float32), hidden.new_empty(n, dtype=torch.float32), hidden.new_empty(
+        n, 2, dtype=torch.float32
+    )
+
+
+@torch.library.custom_op("weakstrong::linear_lse_entropy_backward", mutates_args=())
+def _linear_lse_bwd_op(
+    hidden: torch.Tensor,
+    weight: torch.Tensor,
+    bias: Optional[torch.Tensor],
+    index: torch.Tensor,
+    stats: torch.Tensor,
+    ent: torch.Tensor,
+    g_lp: Optional[torch.Tensor],
+    g_ent: Optional[torch.Tensor],
+    inv_t: float,
+    chunk_size: int,
+    dtype: torch.dtype,
+    need_hidden: bool,
+    need_weight: bool,
+    need_bias: bool,
+    backend: str,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    _require_gathered(weight, "weight")
+    need_bias = need_bias and bias is not None
+    grad_h = torch.empty_like(hidden) if need_hidden else _placeholder(hidden)
+    grad_w = torch.zeros_like(weight, memory_format=torch.contiguous_format) if need_weight else _placeholder(weight)
+    grad_b = torch.zeros(weight.shape[0], dtype=torch.float32, device=weight.device) if need_bias else None
+    n = hidden.shape[0]
+    chunk = _token_chunk(chunk_size, n, weight.shape[0], hidden.device)
+    w_dt, b_dt = _cast(weight, dtype), _cast(bias, dtype)
+    for i in range(0, n, chunk):
+        h_c = _cast(hidden[i : i + chunk], dtype)
+        logits = _logits(h_c, w_dt, b_dt)
+        k = logits.shape[0]
+        gl = torch.empty_like(logits)
+        lse_entropy_backward(
+            logits,
+            index[i : i + k],
+            inv_t,
+            stats[i : i + k],
+            ent[i : i + k],
+            g_lp[i : i + k] if g_lp is not None else None,
+            g_ent[i : i + k] if g_ent is not None else None,
+            gl,
+            backend,
+        )
+        del logits
+        if need_hidden:
+            grad_h[i : i + k] = gl @ w_dt
+        if need_weight:
+            grad_w.addmm_(_cast(gl, grad_w.dtype).T, _cast(h_c, grad_w.dtype))
+        if need_bias:
+            grad_b += gl.float().sum(0)
+        del gl
+    del w_dt, b_dt
+    grad_b = grad_b.to(bias.dtype) if need_bias else _placeholder(weight)
+    return grad_h, grad_w, grad_b
+
+
+@_linear_lse_bwd_op.register_fake
+def _(hidden, weight, bias, index, stats, ent, g_lp, g_ent, inv_t, chunk_size, dtype, need_h, need_w, need_b, backend):
+    gb = bias.new_empty(bias.shape) if (need_b and bias is not None) else weight.new_empty(0)
+    gh = torch.empty_like(hidden) if need_h else hidden.new_empty(0)
+    gw = torch.empty_like(weight, memory_format=torch.contiguous_format) if need_w else weight.new_empty(0)
+    return gh, gw, gb
+
+
+def _linear_lse_setup(ctx, inputs, output):
+    hidden, weight, bias, index, inv_t, chunk_size, dtype, backend = inputs
+    _, ent, stats = output
+    ctx.save_for_backward(hidden, weight, bias, index, stats, ent)
+    ctx.args = (inv_t, chunk_size, dtype)
+    ctx.backend = backend
+
+
+def _linear_lse_grad(ctx, g_lp, g_ent, _g_stats):
+    hidden, weight, bias, index, stats, ent = ctx.saved_tensors
+    need_h, need_w, need_b = ctx.needs_input_grad[:3]
+    if (g_lp is None and g_ent is None) or not (need_h or need_w or need_b):
+        return (None,) * 8
+    g_lp = g_lp.contiguous().float() if g_lp is not None else None
+    g_ent = g_ent.contiguous().float() if g_ent is not None else None
+    inv_t, chunk_size, dtype = ctx.args
+    gh, gw, gb = _linear_lse_bwd_op(
+        hidden, weight, bias, index, stats, ent, g_lp, g_ent, inv_t, chunk_size, dtype, need_h, need_w, need_b, ctx.backend
+    )
+    return (gh if need_h else None), (gw if need_w else None), (gb if need_b else None), None, None, None, None, None
+
+
+torch.library.register_autograd("weakstrong::linear_lse_entropy", _linear_lse_grad, setup_context=_linear_lse_setup)
 
 
 def linear_selective_log_softmax_and_entropy(
@@ -185,95 +270,148 @@ def linear_selective_log_softmax_and_entropy(
     if index.shape != lead:
         raise ValueError(f"index shape {tuple(index.shape)} must equal hidden.shape[:-1] = {tuple(lead)}")
     h2d = hidden.reshape(-1, hidden.shape[-1])
-    idx = index.reshape(-1).to(torch.long)
-    chunk = chunk_size or default_token_chunk(h2d.shape[0], weight.shape[0], h2d.device)
     backend = backend_for(h2d, weight)
-    logp, ent = _LinearLogpEntropy.apply(h2d, weight, bias, idx, inv_t, int(chunk), backend)
+    dtype = compute_dtype(h2d, weight)
+    logp, ent, _ = _linear_lse_op(h2d, weight, bias, _flat_index(index), inv_t, int(chunk_size or 0), dtype, backend)
     return logp.view(lead), ent.view(lead)
 
 
 # ----------------------------------------------------------------------------------------------------------
 # mixed cross entropy from two models' hidden states
 # ----------------------------------------------------------------------------------------------------------
-class _LinearMixedCE(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx, sh, sw, wh, ww, labels, lam, ignore_index, want_stats, chunk, backend):
-        n = sh.shape[0]
-        dev = sh.device
-        loss = torch.empty(n, dtype=torch.float32, device=dev)
-        stats = torch.empty(n, 2, dtype=torch.float32, device=dev)
-        aux = torch.empty(n if want_stats else 0, len(AUX_FIELDS), dtype=torch.float32, device=dev)
-        dts = [None, None]
-        # lam = 1 (0) without statistics never reads the weak (strong) logits: skip that matmul
-        skip_b = lam == 1.0 and not want_stats
-        skip_a = lam == 0.0 and not want_stats
-        for i in range(0, n, chunk):
-            a = None if skip_a else _logits(sh[i : i + chunk], sw, None)
-            b = None if skip_b else _logits(wh[i : i + chunk], ww, None)
-            a = b if a is None else a
-            b = a if b is None else b
-            dts = [a.dtype, b.dtype]
-            k = a.shape[0]
-            l_c, st_c, aux_c = mixed_ce_forward(a, b, labels[i : i + k], lam, ignore_index, want_stats, backend)
-            loss[i : i + k], stats[i : i + k] = l_c, st_c
-            if want_stats:
-                aux[i : i + k] = aux_c
-            del a, b
-        ctx.save_for_backward(sh, sw, wh, ww, labels, stats)
-        ctx.lam, ctx.ignore_index, ctx.chunk, ctx.backend = lam, ignore_index, chunk, backend
-        ctx.compute_dtypes = (dts[0] or sh.dtype, dts[1] or wh.dtype)
-        ctx.set_materialize_grads(False)
-        ctx.mark_non_differentiable(aux)
-        return loss, aux
+@torch.library.custom_op("weakstrong::linear_mixed_ce", mutates_args=())
+def _linear_mixed_op(
+    sh: torch.Tensor,
+    sw: torch.Tensor,
+    wh: torch.Tensor,
+    ww: torch.Tensor,
+    labels: torch.Tensor,
+    lam: float,
+    ignore_index: int,
+    want_stats: bool,
+    chunk_size: int,
+    strong_dtype: torch.dtype,
+    weak_dtype: torch.dtype,
+    backend: str,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    n = sh.shape[0]
+    dev = sh.device
+    loss = torch.empty(n, dtype=torch.float32, device=dev)
+    stats = torch.empty(n, 2, dtype=torch.float32, device=dev)
+    aux = torch.empty(n if want_stats else 0, len(AUX_FIELDS), dtype=torch.float32, device=dev)
+    # lam = 1 (0) without statistics never reads the weak (strong) logits: skip that matmul
+    skip_b = lam == 1.0 and not want_stats
+    skip_a = lam == 0.0 and not want_stats
+    chunk = _token_chunk(chunk_size, n, sw.shape[0], dev)
+    sw_dt = None if skip_a else _cast(sw, strong_dtype)
+    ww_dt = None if skip_b else _cast(ww, weak_dtype)
+    for i in range(0, n, chunk):
+        a = None if skip_a else _logits(_cast(sh[i : i + chunk], strong_dtype), sw_dt, None)
+        b = None if skip_b else _logits(_cast(wh[i : i + chunk], weak_dtype), ww_dt, None)
+        a = b if a is None else a
+        b = a if b is None else b
+        k = a.shape[0]
+        l_c, st_c, aux_c = mixed_ce_forward(a, b, labels[i : i + k], lam, ignore_index, want_stats, backend)
+        loss[i : i + k], stats[i : i + k] = l_c, st_c
+        if want_stats:
+            aux[i : i + k] = aux_c
+        del a, b
+    return loss, stats, aux
 
-    @staticmethod
-    def backward(ctx, g_loss, _g_aux):
-        sh, sw, wh, ww, labels, stats = ctx.saved_tensors
-        need_sh, need_sw, need_wh, need_ww = ctx.needs_input_grad[:4]
-        none = (None,) * 10
-        if g_loss is None:
-            return none
-        lam = ctx.lam
-        need_a = (need_sh or need_sw) and lam != 0.0
-        need_b = (need_wh or need_ww) and lam != 1.0
-        g_sh = torch.zeros_like(sh) if need_sh else None
-        g_sw = torch.zeros_like(sw, memory_format=torch.contiguous_format) if need_sw else None
-        g_wh = torch.zeros_like(wh) if need_wh else None
-        g_ww = torch.zeros_like(ww, memory_format=torch.contiguous_format) if need_ww else None
-        if need_a or need_b:
-            if lam != 0.0:
-                _require_gathered(sw, "strong_weight")
-            if lam != 1.0:
-                _require_gathered(ww, "weak_weight")
-            g_rows = g_loss.contiguous().float()
-            n, chunk = sh.shape[0], ctx.chunk
-            dta, dtb = ctx.compute_dtypes
-            sw_dt = _cast_for_backward(sw, dta) if lam != 0.0 else None
-            ww_dt = _cast_for_backward(ww, dtb) if lam != 1.0 else None
-            for i in range(0, n, chunk):
-                sh_c, wh_c = _cast_for_backward(sh[i : i + chunk], dta), _cast_for_backward(wh[i : i + chunk], dtb)
-                a = _logits(sh_c, sw_dt, None) if lam != 0.0 else None
-                b = _logits(wh_c, ww_dt, None) if lam != 1.0 else None
-                a = b if a is None else a
-                b = a if b is None else b
-                k = a.shape[0]
-                ga = torch.empty_like(a) if need_a else None
-                gb = torch.empty_like(b) if need_b else None
-                mixed_ce_backward(
-                    a, b, labels[i : i + k], lam, ctx.ignore_index, stats[i : i + k], g_rows[i : i + k], ga, gb, ctx.backend
-                )
-                del a, b
-                if need_a and need_sh:
-                    g_sh[i : i + k] = (ga @ sw_dt).to(g_sh.dtype)
-                if need_a and need_sw:
-                    g_sw.addmm_(ga.T.to(g_sw.dtype), sh_c.to(g_sw.dtype))
-                if need_b and need_wh:
-                    g_wh[i : i + k] = (gb @ ww_dt).to(g_wh.dtype)
-                if need_b and need_ww:
-                    g_ww.addmm_(gb.T.to(g_ww.dtype), wh_c.to(g_ww.dtype))
-                del ga, gb
-            del sw_dt, ww_dt
-        return g_sh, g_sw, g_wh, g_ww, None, None, None, None, None, None
+
+@_linear_mixed_op.register_fake
+def _(sh, sw, wh, ww, labels, lam, ignore_index, want_stats, chunk_size, strong_dtype, weak_dtype, backend):
+    n = sh.shape[0]
+    f32 = torch.float32
+    return sh.new_empty(n, dtype=f32), sh.new_empty(n, 2, dtype=f32), sh.new_empty(n if want_stats else 0, 4, dtype=f32)
+
+
+@torch.library.custom_op("weakstrong::linear_mixed_ce_backward", mutates_args=())
+def _linear_mixed_bwd_op(
+    sh: torch.Tensor,
+    sw: torch.Tensor,
+    wh: torch.Tensor,
+    ww: torch.Tensor,
+    labels: torch.Tensor,
+    stats: torch.Tensor,
+    g_rows: torch.Tensor,
+    lam: float,
+    ignore_index: int,
+    chunk_size: int,
+    strong_dtype: torch.dtype,
+    weak_dtype: torch.dtype,
+    needs: list[bool],
+    backend: str,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    need_sh, need_sw, need_wh, need_ww = needs
+    need_a = (need_sh or need_sw) and lam != 0.0
+    need_b = (need_wh or need_ww) and lam != 1.0
+    g_sh = torch.zeros_like(sh) if need_sh else _placeholder(sh)
+    g_sw = torch.zeros_like(sw, memory_format=torch.contiguous_format) if need_sw else _placeholder(sw)
+    g_wh = torch.zeros_like(wh) if need_wh else _placeholder(wh)
+    g_ww = torch.zeros_like(ww, memory_format=torch.contiguous_format) if need_ww else _placeholder(ww)
+    if not (need_a or need_b):
+        return g_sh, g_sw, g_wh, g_ww
+    if lam != 0.0:
+        _require_gathered(sw, "strong_weight")
+    if lam != 1.0:
+        _require_gathered(ww, "weak_weight")
+    n = sh.shape[0]
+    chunk = _token_chunk(chunk_size, n, sw.shape[0], sh.device)
+    sw_dt = _cast(sw, strong_dtype) if lam != 0.0 else None
+    ww_dt = _cast(ww, weak_dtype) if lam != 1.0 else None
+    for i in range(0, n, chunk):
+        sh_c, wh_c = _cast(sh[i : i + chunk], strong_dtype), _cast(wh[i : i + chunk], weak_dtype)
+        a = _logits(sh_c, sw_dt, None) if lam != 0.0 else None
+        b = _logits(wh_c, ww_dt, None) if lam != 1.0 else None
+        a = b if a is None else a
+        b = a if b is None else b
+        k = a.shape[0]
+        ga = torch.empty_like(a) if need_a else None
+        gb = torch.empty_like(b) if need_b else None
+        mixed_ce_backward(a, b, labels[i : i + k], lam, ignore_index, stats[i : i + k], g_rows[i : i + k], ga, gb, backend)
+        del a, b
+        if need_a and need_sh:
+            g_sh[i : i + k] = (ga @ sw_dt).to(g_sh.dtype)
+        if need_a and need_sw:
+            g_sw.addmm_(ga.T.to(g_sw.dtype), sh_c.to(g_sw.dtype))
+        if need_b and need_wh:
+            g_wh[i : i + k] = (gb @ ww_dt).to(g_wh.dtype)
+        if need_b and need_ww:
+            g_ww.addmm_(gb.T.to(g_ww.dtype), wh_c.to(g_ww.dtype))
+        del ga, gb
+    del sw_dt, ww_dt
+    return g_sh, g_sw, g_wh, g_ww
+
+
+@_linear_mixed_bwd_op.register_fake
+def _(sh, sw, wh, ww, labels, stats, g_rows, lam, ignore_index, chunk_size, strong_dtype, weak_dtype, needs, backend):
+    outs = []
+    for t, need in zip((sh, sw, wh, ww), needs):
+        outs.append(torch.empty_like(t, memory_format=torch.contiguous_format) if need else t.new_empty(0))
+    return tuple(outs)
+
+
+def _linear_mixed_setup(ctx, inputs, output):
+    sh, sw, wh, ww, labels, lam, ignore_index, _want, chunk_size, sdt, wdt, backend = inputs
+    ctx.save_for_backward(sh, sw, wh, ww, labels, output[1])
+    ctx.args = (lam, ignore_index, chunk_size, sdt, wdt)
+    ctx.backend = backend
+
+
+def _linear_mixed_grad(ctx, g_loss, _g_stats, _g_aux):
+    sh, sw, wh, ww, labels, stats = ctx.saved_tensors
+    needs = [bool(x) for x in ctx.needs_input_grad[:4]]
+    if g_loss is None or not any(needs):
+        return (None,) * 12
+    lam, ignore_index, chunk_size, sdt, wdt = ctx.args
+    grads = _linear_mixed_bwd_op(
+        sh, sw, wh, ww, labels, stats, g_loss.contiguous().float(), lam, ignore_index, chunk_size, sdt, wdt, needs, ctx.backend
+    )
+    return tuple(g if need else None for g, need in zip(grads, needs)) + (None,) * 8
+
+
+torch.library.register_autograd("weakstrong::linear_mixed_ce", _linear_mixed_grad, setup_context=_linear_mixed_setup)
 
 
 def linear_mixed_cross_entropy(
@@ -307,11 +445,11 @@ def linear_mixed_cross_entropy(
         raise ValueError("strong and weak vocabularies differ")
     sh = strong_hidden.reshape(-1, strong_hidden.shape[-1])
     wh = weak_hidden.reshape(-1, weak_hidden.shape[-1])
-    y = labels.reshape(-1).to(torch.long)
-    chunk = chunk_size or default_token_chunk(sh.shape[0], strong_weight.shape[0], sh.device)
+    y = flat_labels(labels)
     backend = backend_for(sh, strong_weight, wh, weak_weight)
     want = bool(return_entropies or return_stats)
-    per_token, aux = _LinearMixedCE.apply(
-        sh, strong_weight, wh, weak_weight, y, lam, int(ignore_index), want, int(chunk), backend
+    sdt, wdt = compute_dtype(sh, strong_weight), compute_dtype(wh, weak_weight)
+    per_token, _, aux = _linear_mixed_op(
+        sh, strong_weight, wh, weak_weight, y, lam, int(ignore_index), want, int(chunk_size or 0), sdt, wdt, backend
     )
-    return finish_mixed(per_token, aux, y != ignore_index, lead, reduction, return_entropies, return_stats)
+    return finish_mixed(per_token, aux.detach(), y != ignore_index, lead, reduction, return_entropies, return_stats)

@@ -189,6 +189,7 @@ def mixed_ce_grad_torch(ra: RowView, rb: RowView, labels, lam, ignore_index, sta
         gc = g[i : i + k].unsqueeze(1)
         z.scatter_add_(1, safe[i : i + k], torch.full_like(gc, -1.0))  # p - e_y
         z.mul_(gc)
+        z.masked_fill_(~valid[i : i + k].unsqueeze(1), 0.0)  # exact zeros at ignored rows, whatever their values
         if ga is not None:
             if lam == 1.0:
                 ga[i : i + k].copy_(z)

@@ -74,6 +74,28 @@ def test_cpu_path_extra_memory_is_o_chunk(torch_backend, monkeypatch):
         assert extra < logits_bytes * 0.05, (extra, logits_bytes)
 
 
+@needs_rss
+def test_cpu_path_extra_memory_strided_inputs(torch_backend, monkeypatch):
+    """Batch/row-strided views (logits[:, :-1], vocab-padded [..., :V]) are read in place: still O(chunk)."""
+    monkeypatch.setattr(E, "CHUNK_ELEMENTS", 1 << 15)
+    base = torch.randn(4, N // 4 + 1, V)
+    shifted = base[:, :-1]  # [4, 128, V], batch stride != 128 * V
+    padded = torch.randn(N, V + 64)[:, :V]
+    logits_bytes = shifted.numel() * 4
+    idx = torch.randint(0, V, shifted.shape[:-1])
+    with torch.no_grad():
+        extras = [
+            peak_extra_bytes(lambda: entropy_from_logits(shifted)),
+            peak_extra_bytes(lambda: selective_log_softmax_and_entropy(shifted, idx)),
+            peak_extra_bytes(lambda: mixed_cross_entropy(shifted, shifted, idx, lam=0.5, return_stats=True)),
+            peak_extra_bytes(lambda: entropy_from_logits(padded)),
+        ]
+        control = peak_extra_bytes(lambda: shifted.contiguous())  # what the old copy cost
+    assert control > logits_bytes * 0.9, control
+    for extra in extras:
+        assert extra < logits_bytes * 0.05, (extras, logits_bytes)
+
+
 def test_chunk_loop_bounds_rows(torch_backend, monkeypatch):
     """Every chunk seen by the row-statistics helper has at most CHUNK_ELEMENTS // V rows."""
     monkeypatch.setattr(E, "CHUNK_ELEMENTS", 3 * 100)
