@@ -226,10 +226,15 @@ if HAS_TRITON:
         return a0 + b0, a1 + b1
 
     @triton.jit
-    def _row_start(ptr, row, R, stride_b, stride_r):
-        """First element of flattened row ``row`` of a [B, R, V] view with strides (stride_b, stride_r, 1)."""
-        b = row // R
-        return ptr + b * stride_b + (row - b * R) * stride_r
+    def _row_start(ptr, R, stride_b, stride_r):
+        """First element of this program's row of a [B, R, V] view with strides (stride_b, stride_r, 1).
+
+        The division runs on the int32 program id (a 64-bit division is a slow subroutine that spilled in
+        the compile gate); the offsets are int64 (row * stride overflows int32 at 8k x 152k)."""
+        pid = tl.program_id(0)
+        b = pid // R
+        r = pid - b * R
+        return ptr + b.to(tl.int64) * stride_b + r.to(tl.int64) * stride_r
 
     @triton.jit
     def _lse_entropy_fwd_kernel(
@@ -260,7 +265,7 @@ if HAS_TRITON:
             if HAS_INDEX:
                 tl.store(logp_ptr + row, 0.0)
         else:
-            x_row = _row_start(x_ptr, row, R, stride_b, stride_r)
+            x_row = _row_start(x_ptr, R, stride_b, stride_r)
             cols = tl.arange(0, BLOCK)
             m = -1.0e30  # finite start: exp(m - m') never sees (-inf) - (-inf)
             d = 0.0
@@ -323,7 +328,7 @@ if HAS_TRITON:
                 offs = start + cols
                 tl.store(gx_row + offs, tl.zeros([BLOCK], dtype=gx_ptr.dtype.element_ty), mask=offs < V)
         else:
-            x_row = _row_start(x_ptr, row, R, stride_b, stride_r)
+            x_row = _row_start(x_ptr, R, stride_b, stride_r)
             m = tl.load(stats_ptr + 2 * row)
             log_d = tl.load(stats_ptr + 2 * row + 1)
             ent = tl.load(ent_ptr + row)

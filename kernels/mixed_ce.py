@@ -213,6 +213,14 @@ if HAS_TRITON:
         return tl.maximum(a0, b0), tl.maximum(a1, b1), tl.maximum(a2, b2)
 
     @triton.jit
+    def _max2(a0, a1, b0, b1):
+        return tl.maximum(a0, b0), tl.maximum(a1, b1)
+
+    @triton.jit
+    def _sum4(a0, a1, a2, a3, b0, b1, b2, b3):
+        return a0 + b0, a1 + b1, a2 + b2, a3 + b3
+
+    @triton.jit
     def _sum5(a0, a1, a2, a3, a4, b0, b1, b2, b3, b4):
         return a0 + b0, a1 + b1, a2 + b2, a3 + b3, a4 + b4
 
@@ -274,8 +282,13 @@ if HAS_TRITON:
                 for j in tl.static_range(4):
                     tl.store(aux_ptr + 4 * row + j, flag)
         else:
-            a_row = _row_start(a_ptr, row, R, a_stride_b, a_stride_r)
-            b_row = _row_start(b_ptr, row, R, b_stride_b, b_stride_r)
+            a_row = _row_start(a_ptr, R, a_stride_b, a_stride_r)
+            b_row = _row_start(b_ptr, R, b_stride_b, b_stride_r)
+            # target logits first: the 64-bit target index is then dead during the loop (keeping it live across
+            # the loop spilled it to local memory in the mixed-dtype variants; see kernels/compile_gate.py)
+            ay = tl.load(a_row + y).to(tl.float32)
+            by = tl.load(b_row + y).to(tl.float32)
+            zy = _mix(ay, by, lam, MIX)
             cols = tl.arange(0, BLOCK)
             mz = -1.0e30
             dz = 0.0
@@ -291,7 +304,7 @@ if HAS_TRITON:
                 a = tl.load(a_row + offs, mask=mask, other=float("-inf")).to(tl.float32)
                 b = tl.load(b_row + offs, mask=mask, other=float("-inf")).to(tl.float32)
                 z = _mix(a, b, lam, MIX)
-                if WANT_STATS:  # FUSED: three maxima in one reduction, then five sums in one
+                if WANT_STATS and MIX == 0:  # FUSED: three maxima in one reduction, then five sums in one
                     if FUSED:
                         bz, ba, bb = tl.reduce((z, a, b), 0, _max3)
                     else:
@@ -318,14 +331,38 @@ if HAS_TRITON:
                     mz = mz_new
                     ma = ma_new
                     mb = mb_new
+                elif WANT_STATS:  # z is a (MIX 1) or b (MIX 2): its (m, d) are those of a or b, not recomputed
+                    if FUSED:
+                        ba, bb = tl.reduce((a, b), 0, _max2)
+                    else:
+                        ba = tl.max(a, axis=0)
+                        bb = tl.max(b, axis=0)
+                    ma_new = tl.maximum(ma, ba)
+                    mb_new = tl.maximum(mb, bb)
+                    ea, esa = _exp_terms(a, ma_new)
+                    eb, esb = _exp_terms(b, mb_new)
+                    if FUSED:
+                        sda, sta, sdb, stb = tl.reduce((ea, esa, eb, esb), 0, _sum4)
+                    else:
+                        sda = tl.sum(ea, axis=0)
+                        sta = tl.sum(esa, axis=0)
+                        sdb = tl.sum(eb, axis=0)
+                        stb = tl.sum(esb, axis=0)
+                    da, ta = _rescale(ma, ma_new, da, ta, sda, sta)
+                    db, tb = _rescale(mb, mb_new, db, tb, sdb, stb)
+                    ma = ma_new
+                    mb = mb_new
                 else:
                     m_new = tl.maximum(mz, tl.max(z, axis=0))
                     dz = dz * tl.exp(mz - m_new) + tl.sum(tl.exp(z - m_new), axis=0)
                     mz = m_new
+            if WANT_STATS and MIX == 1:
+                mz = ma
+                dz = da
+            elif WANT_STATS and MIX == 2:
+                mz = mb
+                dz = db
             log_dz = tl.log(dz)
-            ay = tl.load(a_row + y).to(tl.float32)
-            by = tl.load(b_row + y).to(tl.float32)
-            zy = _mix(ay, by, lam, MIX)
             tl.store(loss_ptr + row, log_dz - (zy - mz))
             tl.store(stats_ptr + 2 * row, mz)
             tl.store(stats_ptr + 2 * row + 1, log_dz)
@@ -373,8 +410,8 @@ if HAS_TRITON:
                 if WRITE_B:
                     tl.store(gb_row + offs, tl.zeros([BLOCK], dtype=gb_ptr.dtype.element_ty), mask=mask)
         else:
-            a_row = _row_start(a_ptr, row, R, a_stride_b, a_stride_r)
-            b_row = _row_start(b_ptr, row, R, b_stride_b, b_stride_r)
+            a_row = _row_start(a_ptr, R, a_stride_b, a_stride_r)
+            b_row = _row_start(b_ptr, R, b_stride_b, b_stride_r)
             mz = tl.load(stats_ptr + 2 * row)
             log_dz = tl.load(stats_ptr + 2 * row + 1)
             g = tl.load(g_ptr + row).to(tl.float32)

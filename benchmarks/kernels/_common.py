@@ -150,10 +150,35 @@ class Provider:
     tensor (outputs already summed, so that ``.backward()`` works)."""
 
     name: str
-    setup: Callable
+    setup: Callable | None
     cuda_only: bool = False
     cpu_only: bool = False
     note: str = ""
+    missing: str = ""  # why this provider cannot run here (e.g. its package is not installed)
+
+
+def optional_provider(name: str, build: Callable[[], Provider], **kw) -> Provider:
+    """``build()`` or, if it raises (package missing), a placeholder whose rows say why in the CSV/console."""
+    try:
+        return build()
+    except Exception as exc:  # noqa: BLE001 - ImportError and whatever a broken install raises
+        reason = f"{type(exc).__name__}: {str(exc).splitlines()[0][:120] if str(exc) else ''}"
+        print(f"! provider {name} unavailable ({reason}); its rows say so in the CSV", flush=True)
+        return Provider(name, None, missing=f"unavailable: {reason}", **kw)
+
+
+def device_randn(shape, seed: int, dtype, device, scale: float = 1.0, grad: bool = False) -> torch.Tensor:
+    """Benchmark input created on ``device`` in ``dtype`` (no fp32 host copy: 32k x 151,936 would be ~20 GB)."""
+    g = torch.Generator(device=device).manual_seed(seed)
+    t = torch.randn(*shape, generator=g, device=device, dtype=dtype)
+    if scale != 1.0:
+        t.mul_(scale)
+    return t.requires_grad_(grad)
+
+
+def device_randint(high: int, shape, seed: int, device) -> torch.Tensor:
+    g = torch.Generator(device=device).manual_seed(seed)
+    return torch.randint(0, high, shape, generator=g, device=device)
 
 
 @dataclass
@@ -269,6 +294,9 @@ def run_points(kernel, providers, modes, xs, V, H, dtype_name, device, reps, gra
             for prov in providers:
                 pt = Point(kernel, prov.name, mode, x, V, H, dtype_name)
                 points.append(pt)
+                if prov.missing:
+                    pt.error = prov.missing
+                    continue
                 if (prov.name, mode) in dead:
                     pt.error = "oom at smaller size"
                     continue

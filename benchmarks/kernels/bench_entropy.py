@@ -30,17 +30,14 @@ except Exception:  # pragma: no cover
 TEMPERATURE = 1.0
 
 
-@functools.lru_cache(maxsize=2)
+@functools.lru_cache(maxsize=1)  # the current point's logits only
 def _logits(x, v, dtype, device, grad):
-    g = torch.Generator(device="cpu").manual_seed(x * 7 + v)
-    t = (torch.randn(x, v, generator=g) * 2.0).to(device=device, dtype=dtype)
-    return t.requires_grad_(grad)
+    return C.device_randn((x, v), x * 7 + v, dtype, device, scale=2.0, grad=grad)
 
 
-@functools.lru_cache(maxsize=2)
+@functools.lru_cache(maxsize=1)
 def _index(x, v, device):
-    g = torch.Generator(device="cpu").manual_seed(x)
-    return torch.randint(0, v, (x,), generator=g).to(device)
+    return C.device_randint(v, (x,), x, device)
 
 
 def _eager_entropy(x):
@@ -104,6 +101,10 @@ def providers():
                 "trl", lambda t, i: trl_utils.selective_log_softmax_and_entropy(t, i, temperature=TEMPERATURE)
             ),
         )
+    else:
+        print("! provider trl unavailable (trl.trainer.utils not importable); its rows say so in the CSV", flush=True)
+        for group in (ent, both):
+            group.insert(1, C.Provider("trl", None, missing="unavailable: trl.trainer.utils not importable"))
     return {"entropy": ent, "logp_entropy": both}
 
 

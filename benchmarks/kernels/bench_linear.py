@@ -29,10 +29,9 @@ HEADS_GPU = [(896, 151936), (2048, 128256)]
 HEADS_CPU = [(896, 151936)]
 
 
-@functools.lru_cache(maxsize=4)
+@functools.lru_cache(maxsize=4)  # two hidden states + two weights of the current point
 def _tensor(shape, dtype, device, grad, seed, scale):
-    g = torch.Generator(device="cpu").manual_seed(seed)
-    return (torch.randn(*shape, generator=g) * scale).to(device=device, dtype=dtype).requires_grad_(grad)
+    return C.device_randn(shape, seed, dtype, device, scale=scale, grad=grad)
 
 
 def _inputs(x, v, h, dtype, device, grad):
@@ -133,10 +132,9 @@ def providers():
             _p_mixed("torch_compile", lambda *a: _compile(_eager_mixed)(*a)),
         ],
     }
-    try:
-        out["linear_ce_lam1"].append(_p_ce("liger", _liger_flce(), cuda_only=True))
-    except Exception:  # pragma: no cover
-        pass
+    out["linear_ce_lam1"].append(
+        C.optional_provider("liger", lambda: _p_ce("liger", _liger_flce(), cuda_only=True), cuda_only=True)
+    )
     return out
 
 

@@ -28,16 +28,14 @@ from weakstrong.kernels import mixed_cross_entropy  # noqa: E402
 LAM = 0.5
 
 
-@functools.lru_cache(maxsize=4)
+@functools.lru_cache(maxsize=2)  # strong + weak of the current point only
 def _logits(x, v, dtype, device, grad, seed):
-    g = torch.Generator(device="cpu").manual_seed(x * 7 + v + seed)
-    return (torch.randn(x, v, generator=g) * 2.0).to(device=device, dtype=dtype).requires_grad_(grad)
+    return C.device_randn((x, v), x * 7 + v + seed, dtype, device, scale=2.0, grad=grad)
 
 
-@functools.lru_cache(maxsize=2)
+@functools.lru_cache(maxsize=1)
 def _labels(x, v, device):
-    g = torch.Generator(device="cpu").manual_seed(x)
-    y = torch.randint(0, v, (x,), generator=g)
+    y = C.device_randint(v, (x,), x, device)
     y[torch.rand(x, generator=g) < 0.1] = -100
     return y.to(device)
 
@@ -117,10 +115,9 @@ def providers():
             _provider("torch_compile", lambda a, b, y: _compile(_eager_ce)(a, b, y), weak_grad=False),
         ],
     }
-    try:
-        out["ce_lam1"].append(_provider("liger", _liger_ce(), weak_grad=False, cuda_only=True))
-    except Exception:  # pragma: no cover - liger not installed
-        pass
+    out["ce_lam1"].append(
+        C.optional_provider("liger", lambda: _provider("liger", _liger_ce(), weak_grad=False, cuda_only=True), cuda_only=True)
+    )
     return out
 
 

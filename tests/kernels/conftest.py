@@ -1,11 +1,14 @@
 """Kernel tests: the Triton path runs through the CPU interpreter, on CPU tensors.
 
 TRITON_INTERPRET must be set before ``weakstrong.kernels`` (and so the ``@triton.jit`` kernels) is imported.
+``WEAKSTRONG_CUDA_TESTS=1`` (benchmarks/gpu_check.py) leaves it unset so that test_cuda.py runs compiled
+kernels on a GPU.
 """
 
 import os
 
-os.environ["TRITON_INTERPRET"] = "1"
+if os.environ.get("WEAKSTRONG_CUDA_TESTS") != "1":
+    os.environ["TRITON_INTERPRET"] = "1"
 
 import pytest  # noqa: E402
 import torch  # noqa: E402
