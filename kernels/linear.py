@@ -227,6 +227,7 @@ def _(hidden, weight, bias, index, stats, ent, g_lp, g_ent, inv_t, chunk_size, d
 
 
 def _linear_lse_setup(ctx, inputs, output):
+    ctx.set_materialize_grads(False)  # an unused output's gradient stays None (no zero-filled extra term)
     hidden, weight, bias, index, inv_t, chunk_size, dtype, backend = inputs
     _, ent, stats = output
     ctx.save_for_backward(hidden, weight, bias, index, stats, ent)
@@ -393,6 +394,7 @@ def _(sh, sw, wh, ww, labels, stats, g_rows, lam, ignore_index, chunk_size, stro
 
 
 def _linear_mixed_setup(ctx, inputs, output):
+    ctx.set_materialize_grads(False)  # an unused output's gradient stays None (no zero-filled extra term)
     sh, sw, wh, ww, labels, lam, ignore_index, _want, chunk_size, sdt, wdt, backend = inputs
     ctx.save_for_backward(sh, sw, wh, ww, labels, output[1])
     ctx.args = (lam, ignore_index, chunk_size, sdt, wdt)

@@ -14,7 +14,15 @@ the torch path), shape ``labels.shape``, detached (never differentiable), and ex
 ``return_entropies=True`` keeps its old return ``(loss, strong_entropy, weak_entropy)``; passing both flags is
 an error.
 
-Losses are float32 (float64 for float64 inputs on the torch path).  ``lam`` is a Python float in [0, 1]
+Rows with ``ignore_index`` are skipped inside the kernels (never read, loss and statistics 0, gradient 0); a
+target outside ``[0, V)`` raises on the torch path and gives NaN (no gradient) on the Triton path.  Strided
+``[..., V]`` views are read in place.  The op is the ``torch.library`` custom op
+``torch.ops.weakstrong.mixed_ce`` (fake implementation registered: ``torch.compile(fullgraph=True)`` traces it
+as one node).  On a GPU the statistics pass merges its reductions (three maxima in one tuple ``tl.reduce``, then
+five sums in one); at ``lam`` in {0, 1} the mixed statistics are those of one input and are not recomputed.
+
+Losses are float32 (float64 for float64 inputs on the torch path), accumulated in float32 from any input dtype
+(closeness to float64: see ``kernels/entropy.py``).  ``lam`` is a Python float in [0, 1]
 (0 * (-inf) is treated as 0: with ``lam = 1`` the weak logits do not enter ``z`` at all, yet the weak input
 still receives a zero gradient of its shape).
 """
@@ -578,6 +586,7 @@ def _(strong_logits, weak_logits, labels, stats, g_rows, lam, ignore_index, need
 
 
 def _mixed_ce_setup(ctx, inputs, output):
+    ctx.set_materialize_grads(False)  # an unused output's gradient stays None (no zero-filled extra term)
     a, b, labels, lam, ignore_index, _want, backend = inputs
     ctx.save_for_backward(a, b, labels, output[1])
     ctx.lam, ctx.ignore_index, ctx.backend = lam, ignore_index, backend

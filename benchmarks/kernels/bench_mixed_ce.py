@@ -36,8 +36,9 @@ def _logits(x, v, dtype, device, grad, seed):
 @functools.lru_cache(maxsize=1)
 def _labels(x, v, device):
     y = C.device_randint(v, (x,), x, device)
-    y[torch.rand(x, generator=g) < 0.1] = -100
-    return y.to(device)
+    g = torch.Generator(device=device).manual_seed(x + 1)
+    y[torch.rand(x, generator=g, device=device) < 0.1] = -100
+    return y
 
 
 def _eager_mixed(a, b, y):
