@@ -104,6 +104,10 @@ class RowView(NamedTuple):
     def stride_r(self) -> int:
         return self.x3.stride(1)
 
+    def kernel_args(self) -> tuple:
+        """``(tensor, stride_b, stride_r)``: how every kernel takes a strided row view."""
+        return self.x3, self.stride_b, self.stride_r
+
     def flat(self) -> torch.Tensor | None:
         """The rows as one 2-D view ``[N, V]`` if the strides allow it without a copy, else None."""
         b, r, v = self.x3.shape

@@ -391,9 +391,7 @@ def lse_entropy_triton(rv: RowView, index=None, inv_t: float = 1.0, mask=None):
         return logp, ent, stats
     block, warps = block_config(v)
     args = (
-        rv.x3,
-        rv.stride_b,
-        rv.stride_r,
+        *rv.kernel_args(),
         rv.r,
         index if index is not None else ent,
         mask if mask is not None else ent,
@@ -414,9 +412,7 @@ def lse_entropy_grad_triton(rv: RowView, index, inv_t, stats, ent, g_lp, g_ent, 
         return out
     block, warps = block_config(v)
     args = (
-        rv.x3,
-        rv.stride_b,
-        rv.stride_r,
+        *rv.kernel_args(),
         rv.r,
         out,
         index if index is not None else ent,

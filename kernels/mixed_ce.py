@@ -452,12 +452,8 @@ def mixed_ce_triton(ra: RowView, rb: RowView, labels, lam, ignore_index, want_st
         return loss, stats, aux
     block, warps = block_config(v)
     args = (
-        ra.x3,
-        ra.stride_b,
-        ra.stride_r,
-        rb.x3,
-        rb.stride_b,
-        rb.stride_r,
+        *ra.kernel_args(),
+        *rb.kernel_args(),
         ra.r,
         labels,
         loss,
@@ -478,12 +474,8 @@ def mixed_ce_grad_triton(ra: RowView, rb: RowView, labels, lam, ignore_index, st
         return
     block, warps = block_config(v)
     args = (
-        ra.x3,
-        ra.stride_b,
-        ra.stride_r,
-        rb.x3,
-        rb.stride_b,
-        rb.stride_r,
+        *ra.kernel_args(),
+        *rb.kernel_args(),
         ra.r,
         ga if ga is not None else gb,
         gb if gb is not None else ga,

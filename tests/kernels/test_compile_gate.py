@@ -70,20 +70,17 @@ def test_records_cover_every_kernel_and_option(records):
     assert {a["tensor"] for r in records for a in r["args"][:1]} == {"bfloat16", "float16", "float32"}
 
 
-def test_records_are_the_launch_arguments():
+def test_records_are_the_launch_arguments(monkeypatch):
     """The recorder sees exactly the tuple the kernel is launched with (interpreter run, executed)."""
     import torch
 
     import weakstrong.kernels._launch as L
     from weakstrong.kernels import selective_log_softmax_and_entropy
 
-    os.environ["WEAKSTRONG_KERNELS"] = "triton"
-    try:
-        with L.record_launches() as recs:
-            x = torch.randn(2, 3, 41)[:, :-1]
-            selective_log_softmax_and_entropy(x, torch.zeros(2, 2, dtype=torch.long))
-    finally:
-        os.environ.pop("WEAKSTRONG_KERNELS")
+    monkeypatch.setenv("WEAKSTRONG_KERNELS", "triton")
+    with L.record_launches() as recs:
+        x = torch.randn(2, 3, 41)[:, :-1]
+        selective_log_softmax_and_entropy(x, torch.zeros(2, 2, dtype=torch.long))
     # a [2, 2, V] view of a [2, 3, V] tensor: batch stride 3V, row stride V, R = 2, no copy
     assert len(recs) == 1 and recs[0]["args"][1:4] == [{"int": 3 * 41}, {"int": 41}, {"int": 2}]
     assert recs[0]["kernel"] == "_lse_entropy_fwd_kernel" and recs[0]["args"][0] == {"tensor": "float32", "align16": True}
