@@ -326,6 +326,17 @@ def table(results) -> str:
     return "\n".join(lines)
 
 
+def _agreement(results, path) -> str:
+    """How far the measured loss windows of ``path`` are from its analytic figure (largest relative gap)."""
+    pts = [r for r in results if r["path"] == path and "loss_window_extra" in r]
+    if not pts:
+        return ""
+    gap = max(abs(r["loss_window_extra"] - analytic(path, r["tokens"])["bytes"]) / analytic(path, r["tokens"])["bytes"]
+              for r in pts)
+    sizes = ", ".join(f"{r['tokens']:,}" for r in sorted(pts, key=lambda r: r["tokens"]))
+    return f"; the measured points of this path (N = {sizes}) are within {100 * gap:.1f}% of the same formula"
+
+
 def write(opts, results):
     with open(os.path.join(opts.out, "wmss_memory.json"), "w") as f:
         json.dump({"V": V, "model": MODEL, "dtype": "fp32", "lam": opts.lam, "prompt_len": opts.prompt_len,
@@ -352,6 +363,13 @@ def write(opts, results):
         "mixed CE's backward); hidden path 2·V·H·4 B (the two heads' weight gradients, produced by any path) + "
         "4·c·V·4 B (one token chunk's logits and gradients, c = 2**24 // V = 110 tokens on CPU).",
     ]
+    for r in results:
+        if "skipped" in r or "error" in r:
+            a = analytic(r["path"], r["tokens"])
+            text += ["", f"**{r['path']} path at {r['tokens']:,} tokens: not measured** — "
+                     f"{r.get('skipped') or r.get('error')}. Its analytic loss extra is {_mib(a['bytes'])} MiB "
+                     f"({_gib(a['bytes'])} GiB: " + " + ".join(f"{k} {_mib(b)} MiB" for k, b in a["terms"].items())
+                     + ")" + _agreement(results, r["path"]) + "."]
     with open(os.path.join(opts.out, "wmss_memory.md"), "w") as f:
         f.write("\n".join(text) + "\n")
 
@@ -370,12 +388,19 @@ def main(argv=None):
     p.add_argument("--min-free-gb", type=float, default=2.0,
                    help="margin of available memory to keep (start guard and watchdog)")
     p.add_argument("--resume", action="store_true", help="keep measured runs from the existing JSON")
+    p.add_argument("--report", action="store_true", help="only rewrite the markdown from the existing JSON")
     p.add_argument("--out", default=RESULTS)
     p.add_argument("--one", choices=PATHS, default=None, help=argparse.SUPPRESS)
     p.add_argument("--n", type=int, default=None, help=argparse.SUPPRESS)
     opts = p.parse_args(argv)
     if opts.one:
         print(json.dumps(run_one(opts)), flush=True)
+    elif opts.report:
+        with open(os.path.join(opts.out, "wmss_memory.json")) as f:
+            saved = json.load(f)
+        opts.lam, opts.prompt_len, opts.completion_len = saved["lam"], saved["prompt_len"], saved["completion_len"]
+        opts.threads = saved["runs"][0].get("threads", opts.threads)
+        write(opts, saved["runs"])
     else:
         run_all(opts)
 

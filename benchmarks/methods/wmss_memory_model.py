@@ -92,7 +92,8 @@ QWEN3_4B = Arch(
            "config.json): hidden_size 2560, num_hidden_layers 36, intermediate_size 9728, num_attention_heads 32, "
            "num_key_value_heads 8, head_dim 128, vocab_size 151936, tie_word_embeddings true, attention_bias false; "
            "model card of Qwen/Qwen3-4B-Base (quantamrkt.com/files/qwen--qwen3-4b-base/README.md): 4.0B params, "
-           "3.6B non-embedding, 36 layers, GQA 32/8",
+           "3.6B non-embedding (4.0 = 3.6 + one 0.39B embedding: tied), 36 layers, GQA 32/8; the -Base checkpoint the "
+           "paper trains has this architecture",
 )
 QWEN3_8B = Arch(
     "Qwen3-8B", vocab=151_936, hidden=4096, layers=36, intermediate=12288, heads=32, kv_heads=8, head_dim=128,
@@ -100,8 +101,9 @@ QWEN3_8B = Arch(
     source="config.json of Qwen/Qwen3-8B (commit 'Copy config.json from Qwen/Qwen3-8B', huggingface.co/thejaminator/"
            "qwen-hook-layer-9/commit/478fb720f1f3ced834fce0275b55b2732d438edc): hidden_size 4096, num_hidden_layers "
            "36, intermediate_size 12288, num_attention_heads 32, num_key_value_heads 8, head_dim 128, vocab_size "
-           "151936, tie_word_embeddings false, attention_bias false; Qwen3-8B model card: 8.2B params, 6.95B "
-           "non-embedding",
+           "151936, tie_word_embeddings false, attention_bias false; Qwen3-8B model card (quoted in "
+           "reddit.com/r/LocalLLaMA/comments/1k9qxbl): 8.2B params, 6.95B non-embedding (8.2 = 6.95 + two 0.62B "
+           "matrices: untied), 36 layers, GQA 32/8; Qwen3-8B-Base has this architecture",
 )
 
 ALL_LINEAR = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
@@ -198,8 +200,8 @@ Assumptions (per GPU; every figure is an estimate from these formulas, not a mea
   recomputes one layer of one model at a time. A frozen weak model runs without grad: it keeps only its output.
 - Loss, logits path. SFT: HF's causal-LM loss on all s positions as TRL's SFTTrainer runs it: bf16 logits (kept
   in the output) + the fp32 log_softmax output (its fp32 input is freed after the forward), then in the backward
-  the fp32 gradients of the NLL and of the log_softmax: peak (2 + 4 + 4 + 4)·s·V = 14·s·V B (TRL #7244 measured 19.9 GiB for the naive path at 8,192 tokens, i.e. 17·V B per
-  token). WMSS (mixed_cross_entropy on N supervised positions): both bf16 logits [N, V] (saved for the backward)
+  the fp32 gradients of the NLL and of the log_softmax: peak (2 + 4 + 4 + 4)·s·V = 14·s·V B (TRL #7244
+  measured 19.9 GiB for the naive path at 8,192 tokens, i.e. 17·V B per token). WMSS (mixed_cross_entropy on N supervised positions): both bf16 logits [N, V] (saved for the backward)
   + both bf16 logit gradients: 4·2·N·V B (frozen weak: 3·2·N·V B).
 - Loss, hidden-state path (kernels/linear.py on CUDA, chunk c = 2^27 // V rounded down to 64 = 832 tokens): one
   chunk's logits and logit gradients per model (2·2·c·V B each) and the LM head's full bf16 weight gradient
