@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
+import pytest
 import yaml
 
-from weakstrong.cli import main as cli_main
+from weakstrong.cli import UserError, main as cli_main
 from weakstrong.lrl.cli import build_parser
 
 RECIPE = Path(__file__).resolve().parents[2] / "recipes" / "lrl" / "config.yaml"
@@ -46,3 +48,28 @@ def test_weakstrong_lrl_subcommand_end_to_end(openai_server, tmp_path, monkeypat
     # a rerun costs the endpoint nothing: loop resumed, evaluation replies cached
     assert cli_main(["lrl", "--config", str(path)]) == 0
     assert len(openai_server.requests) == n_requests
+
+
+@pytest.mark.parametrize("command", ["lrl", "lrl-student", "wmss"])
+@pytest.mark.parametrize("content, message", [
+    ("max_steps: [3\n", r"is not valid YAML.*line 1"),
+    ("max_steps: 3\nnot_a_key: 1\n", r"unknown settings \['not_a_key'\]"),
+    ("max_steps: abc\n", r"argument --max_steps.*invalid int value: 'abc'"),
+    ("batch_size: 0\n", r"\['batch_size'\] must be integers >= 1"),
+])
+def test_config_errors_print_the_message_alone(command, content, message, tmp_path, capsys, monkeypatch):
+    if command == "wmss" and "batch_size: 0" in content:
+        pytest.skip("batch_size is a setting of the LRL teacher loop")
+    monkeypatch.delenv("WEAKSTRONG_DEBUG", raising=False)
+    path = tmp_path / "bad.yaml"
+    path.write_text(content)
+    assert cli_main([command, "--config", str(path), "--output_dir", str(tmp_path / "out")]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"weakstrong {command}: error: ") and re.search(message, err, re.S), err
+    assert "Traceback" not in err and "usage:" not in err and "--debug" in err
+    # the traceback with --debug (anywhere) or WEAKSTRONG_DEBUG=1
+    with pytest.raises(UserError):
+        cli_main([command, "--debug", "--config", str(path), "--output_dir", str(tmp_path / "out")])
+    monkeypatch.setenv("WEAKSTRONG_DEBUG", "1")
+    with pytest.raises(UserError):
+        cli_main([command, "--config", str(path), "--output_dir", str(tmp_path / "out")])

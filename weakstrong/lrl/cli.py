@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from ..recipe_cli import add_passthrough_arguments, passthrough_argv
+from ..recipe_cli import add_passthrough_arguments, parse_recipe, passthrough_argv
 
 
 @dataclass
@@ -94,7 +94,7 @@ def main_from_argv(argv=None) -> int:
     """Entry point of ``recipes/lrl/run.py``."""
     from rich.console import Console
 
-    script, config, model_args = build_parser().parse_args_and_config(args=argv)
+    script, config, model_args = parse_recipe(build_parser(), argv)
     run(script, config, model_args, Console())
     return 0
 
