@@ -152,3 +152,20 @@ def test_clean_strategy_drops_copied_instruction_and_loops():
                        "4. Answer NO if the peak exceeds the rooms.")
     # a short genuine line that shares words with the instruction stays
     assert clean_strategy("1. Keep what worked: sort by start.\n2. Fix the ties: ends free rooms.", 2000).count("\n") == 1
+
+
+def test_copies_of_the_strategy_are_not_answers_and_never_enter_the_curriculum(scripted_teacher, tmp_path):
+    """Issue 15, defect 1: every solve reply is the strategy cut off at "4. Answer YES if it is" (what the embedded
+    teacher wrote with a 48-token budget). Read as YES, that made a fake 62.5% teacher accuracy and put copies in
+    the curriculum as teacher-verified YES rationales. Now: all unparseable, accuracy 0, only task rationales."""
+    from weakstrong.lrl import build_curriculum
+
+    result = _loop(scripted_teacher(copy_strategy=True), tmp_path).run(_problems(8))
+    assert all(r["completion"].endswith("4. Answer YES if it is") for r in result.results)
+    assert all(r["parsed"] is None and not r["correct"] for r in result.results)
+    assert result.accuracy == 0.0 and [e["unparseable"] for e in result.entries] == [4, 4]
+    assert all("all_unparseable" in e["flags"] for e in result.entries)
+    cur = build_curriculum(TASK, result.results, result.strategy, size=8, balanced=False,
+                           strategies=[s["text"] for s in result.strategies])
+    assert {r["rationale_source"] for r in cur} == {"task"}
+    assert not any("4. Answer YES if it is" in r["completion"][0]["content"] for r in cur)
