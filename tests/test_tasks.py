@@ -270,3 +270,18 @@ def test_is_copy_needs_most_of_the_line_in_one_run():
     assert is_copy("We find the largest number of meetings in progress at the same time", source)  # ends differ
     assert not is_copy("the largest number is 3 at 10, above the 2 rooms we have", source)
     assert not is_copy("in progress", source)  # fewer than ECHO_RUN_WORDS words alone never count
+
+
+@pytest.mark.parametrize("n", [1, 2, 3, 4, 5, 7, 8, 11, 20, 37])
+def test_labels_are_balanced_within_one_over_the_whole_set(n):
+    """Issue 15, defect 7: an odd count per difficulty always got the extra YES (test_problems: 3 was all YES,
+    always-majority 100%). The extra now alternates over the difficulties: the set is within ±1, and so is
+    every difficulty."""
+    rows = MeetingRoomsTask().generate_rows(n, seed=n)
+    labels = Counter(r["answer"] for r in rows)
+    assert abs(labels["YES"] - labels["NO"]) <= 1 and sum(labels.values()) == n
+    for d in ("easy", "medium", "hard"):
+        per = Counter(r["answer"] for r in rows if r["difficulty"] == d)
+        assert abs(per["YES"] - per["NO"]) <= 1
+    if n == 3:
+        assert labels == {"YES": 2, "NO": 1}

@@ -32,7 +32,7 @@ def test_weakstrong_lrl_subcommand_end_to_end(openai_server, tmp_path, monkeypat
     tok.save_pretrained(tmp_path / "student")
     cfg = yaml.safe_load(RECIPE.read_text())
     cfg.update({"model_name_or_path": str(tmp_path / "student"), "output_dir": str(tmp_path / "out"),
-                "teacher_base_url": openai_server.base_url, "teacher_model": "scripted", "train_problems": 8,
+                "teacher": f"{openai_server.base_url}::scripted", "train_problems": 8,
                 "batch_size": 4, "distill_every": 2, "test_problems": 6, "curriculum_size": 8, "max_steps": 1,
                 "per_device_train_batch_size": 4, "evaluation_max_new_tokens": 8, "disable_tqdm": True})
     path = tmp_path / "config.yaml"
@@ -73,3 +73,19 @@ def test_config_errors_print_the_message_alone(command, content, message, tmp_pa
     monkeypatch.setenv("WEAKSTRONG_DEBUG", "1")
     with pytest.raises(UserError):
         cli_main([command, "--config", str(path), "--output_dir", str(tmp_path / "out")])
+
+
+def test_one_way_to_name_an_endpoint(tmp_path, capsys):
+    """Issue 15, defect 6: `weakstrong lrl --teacher URL::MODEL` was read as a model path (OSError)."""
+    from weakstrong.lrl.cli import LRLScriptArguments, make_teacher
+
+    teacher = make_teacher(LRLScriptArguments(teacher="http://127.0.0.1:9/v1,http://127.0.0.1:10/v1::org/m",
+                                              teacher_model_alias="m", teacher_read_timeout=5, teacher_deadline=30))
+    assert teacher.base_urls == ["http://127.0.0.1:9/v1", "http://127.0.0.1:10/v1"] and teacher.model == "org/m"
+    assert (teacher.read_timeout, teacher.deadline, teacher.identity) == (5, 30, "openai:m")
+    assert teacher.setting_names["deadline"] == "--teacher_deadline"
+    for argv, message in ((["--teacher", "http://127.0.0.1:9/v1"], "names no model: use URL::MODEL"),
+                          (["--teacher_base_url", "http://127.0.0.1:9/v1", "--teacher_model", "m"],
+                           "replaced by one setting: --teacher URL::MODEL \\(here: --teacher http://127.0.0.1:9/v1::m\\)")):
+        assert cli_main(["lrl", *argv, "--output_dir", str(tmp_path / "out")]) == 2
+        assert re.search(message, capsys.readouterr().err)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 import re
 from abc import ABC, abstractmethod
 from collections import Counter, defaultdict
@@ -167,8 +168,15 @@ class Task(ABC):
         rng = random.Random(seed)
         counts = [n // len(tiers) + (i < n % len(tiers)) for i in range(len(tiers))]
         rows = []
+        odd = 0
         for tier, count in zip(tiers, counts):
-            rows += self.sample_tier(rng, tier, count, **options)
+            if count % 2 and self.labels and "odd_label" in inspect.signature(self.sample_tier).parameters:
+                # a tier with an odd count has one label more than the other: alternate which one over the tiers,
+                # so that the WHOLE set is balanced within ±1 (not every extra going to the first label)
+                rows += self.sample_tier(rng, tier, count, odd_label=self.labels[odd % len(self.labels)], **options)
+                odd += 1
+            else:
+                rows += self.sample_tier(rng, tier, count, **options)
         rng.shuffle(rows)
         return rows
 
