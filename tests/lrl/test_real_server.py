@@ -5,10 +5,8 @@ from __future__ import annotations
 
 import pytest
 
-from weakstrong.backends import (ChatBackendError, ConfigurationError, EndpointUnavailableError, OpenAICompatibleChat,
-                                 TransformersChat)
+from weakstrong.backends import ChatBackendError, ConfigurationError, EndpointUnavailableError, OpenAICompatibleChat
 from weakstrong.lrl import ReflectionLoop, build_curriculum
-from weakstrong.lrl.prompts import solve_messages
 from weakstrong.tasks import MeetingRoomsTask
 
 pytestmark = pytest.mark.embedded
@@ -38,14 +36,6 @@ def test_server_quirks_are_handled_by_the_client(real_server):
     assert _client(real_server, model_alias="smollm2").name.startswith("openai:smollm2@http://127.0.0.1")
 
 
-def test_greedy_replies_equal_the_local_backend(real_server):
-    rows = TASK.generate(3, seed=5)
-    convs = [solve_messages(TASK, r, None) for r in rows]
-    served = _client(real_server, concurrency=3).generate(convs, max_new_tokens=24)
-    local = TransformersChat("default", batch_size=1).generate(convs, max_new_tokens=24)
-    assert served == local
-
-
 def test_a_killed_server_fails_fast_and_a_restarted_one_answers(real_server_alive):
     server = real_server_alive
     client = _client(server, connect_timeout=2, deadline=3, max_retries=2, backoff_base=0.1)
@@ -56,3 +46,74 @@ def test_a_killed_server_fails_fast_and_a_restarted_one_answers(real_server_aliv
         client.generate([[{"role": "user", "content": "hello"}]], max_new_tokens=2)
     server.restart()
     assert client.generate([[{"role": "user", "content": "hello"}]], max_new_tokens=2)
+
+
+# ------------------------------------------------------------------ the LRL teacher loop through the real server
+LOOP = dict(batch_size=2, distill_every=2, journal_examples=2, solve_max_new_tokens=24, reflect_max_new_tokens=24,
+            distill_max_new_tokens=32)
+
+
+def _problems():
+    return TASK.generate(4, seed=21)
+
+
+def _summary(result):
+    return {"journal": result.journal, "strategies": [(s["version"], s["source"], s["text"]) for s in result.strategies],
+            "results": [(r["batch"], r["completion"], r["parsed"], r["correct"]) for r in result.results]}
+
+
+@pytest.fixture(scope="module")
+def local_loop(tmp_path_factory):
+    """The same loop with the local backend (one conversation at a time, as the server decodes)."""
+    from weakstrong.teachers import TransformersTeacher
+
+    return ReflectionLoop(TransformersTeacher("default", batch_size=1), TASK, tmp_path_factory.mktemp("local"),
+                          **LOOP).run(_problems())
+
+
+class _KillAfter:
+    """Fault injection: forwards to a real client, then kills the real server after ``calls`` generate calls."""
+
+    def __init__(self, client, server, calls):
+        self.client, self.server, self.left = client, server, calls
+
+    def __getattr__(self, name):
+        return getattr(self.client, name)
+
+    def generate(self, conversations, **sampling):
+        out = self.client.generate(conversations, **sampling)
+        self.left -= 1
+        if self.left == 0:
+            self.server.kill()
+        return out
+
+
+@pytest.mark.slow
+def test_lrl_loop_through_the_real_server_equals_the_local_backend(real_server, local_loop, tmp_path):
+    """solve → journal → distil → curriculum through transformers serve, greedy: byte-identical to the local
+    backend's journal, strategies, answers and curriculum."""
+    client = _client(real_server, tmp_path, concurrency=2)
+    served = ReflectionLoop(client, TASK, tmp_path / "run", **LOOP).run(_problems())
+    assert _summary(served) == _summary(local_loop)
+    assert served.teacher_calls == 4 + 2 + 1 and client.stats["requests"] == 7
+    assert (tmp_path / "run" / "journal.md").read_text().count("=== BATCH") == 2
+    assert served.accuracy == local_loop.accuracy
+    kw = dict(size=8, seed=1, strategies=[s["text"] for s in served.strategies])
+    assert (build_curriculum(TASK, served.results, served.strategy, **kw).to_list()
+            == build_curriculum(TASK, local_loop.results, local_loop.strategy, **kw).to_list())
+
+
+@pytest.mark.slow
+def test_server_killed_mid_run_then_restarted_the_loop_resumes_losing_nothing(real_server_alive, local_loop, tmp_path):
+    server = real_server_alive
+    crashing = _KillAfter(_client(server, tmp_path, connect_timeout=2, deadline=120, max_retries=2, backoff_base=0.1),
+                          server, calls=2)  # batch 1's solves and journal entry, then the server dies
+    with pytest.raises(EndpointUnavailableError, match="LRL teacher loop in .*batch 2/2 \\(solve\\).*connection error"):
+        ReflectionLoop(crashing, TASK, tmp_path / "run", **LOOP).run(_problems())
+    assert len((tmp_path / "run" / "results.jsonl").read_text().splitlines()) == 2
+    server.restart()
+    resumed_client = _client(server, tmp_path)
+    resumed = ReflectionLoop(resumed_client, TASK, tmp_path / "run", **LOOP).run(_problems())
+    assert _summary(resumed) == _summary(local_loop)
+    # only what the crash left undone was asked: batch 2's two solves, its journal entry and the distillation
+    assert resumed.teacher_calls == 4 and resumed_client.stats["requests"] == 4
