@@ -90,11 +90,11 @@ class _Endpoint:
 
     def connection(self, timeout: float) -> http.client.HTTPConnection:
         if self.proxy is not None:
-            conn = http.client.HTTPConnection(self.proxy.hostname, self.proxy.port or 80, timeout=timeout)
-            if self.https:
-                conn = http.client.HTTPSConnection(self.proxy.hostname, self.proxy.port or 80, timeout=timeout,
-                                                   context=ssl.create_default_context())
-                conn.set_tunnel(self.host, self.port)
+            if not self.https:  # plain HTTP through the proxy: absolute URL as the request target
+                return http.client.HTTPConnection(self.proxy.hostname, self.proxy.port or 80, timeout=timeout)
+            conn = http.client.HTTPSConnection(self.proxy.hostname, self.proxy.port or 80, timeout=timeout,
+                                               context=ssl.create_default_context())
+            conn.set_tunnel(self.host, self.port)  # HTTPS: CONNECT tunnel to the server
             return conn
         if self.https:
             return http.client.HTTPSConnection(self.host, self.port, timeout=timeout,
