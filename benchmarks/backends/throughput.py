@@ -3,8 +3,9 @@
 
 Workload: the LRL teacher's solve prompts (MeetingRooms, with the initial strategy), greedy, ``--new-tokens``
 per reply, no reply cache. Tokens are counted by re-tokenizing each reply with the model's tokenizer (the same
-count for every backend). Each configuration runs ``--repeats`` times after one warm-up; the table gives the
-mean tokens/s ± the standard deviation over the repeats, and the wall seconds.
+count for every backend). Every backend is set up first (both servers running at once), then the repeats go
+round-robin over the configurations, so a change of machine load during the run hits all of them alike; the
+table gives the mean tokens/s ± the standard deviation over the repeats, and the wall seconds.
 
     nice -n 5 python benchmarks/backends/throughput.py --output benchmarks/backends/results
 """
@@ -31,18 +32,11 @@ def _serving():
     return module
 
 
-def _measure(backend, convs, new_tokens, tokenizer, repeats):
-    backend.generate(convs[:2], max_new_tokens=8)  # warm-up (model load, first-call costs)
-    rates, walls, tokens = [], [], 0
-    for _ in range(repeats):
-        start = time.perf_counter()
-        replies = backend.generate(convs, max_new_tokens=new_tokens)
-        wall = time.perf_counter() - start
-        tokens = sum(len(tokenizer.encode(r, add_special_tokens=False)) for r in replies)
-        rates.append(tokens / wall)
-        walls.append(wall)
-    return {"tok_per_s": statistics.mean(rates), "tok_per_s_std": statistics.stdev(rates) if len(rates) > 1 else 0.0,
-            "wall_s": statistics.mean(walls), "tokens": tokens, "runs": rates}
+def _once(backend, convs, new_tokens, tokenizer):
+    start = time.perf_counter()
+    replies = backend.generate(convs, max_new_tokens=new_tokens)
+    wall = time.perf_counter() - start
+    return sum(len(tokenizer.encode(r, add_special_tokens=False)) for r in replies), wall
 
 
 def main(argv=None) -> int:
@@ -50,7 +44,7 @@ def main(argv=None) -> int:
     p.add_argument("--output", default="benchmarks/backends/results")
     p.add_argument("--prompts", type=int, default=8)
     p.add_argument("--new-tokens", type=int, default=64)
-    p.add_argument("--repeats", type=int, default=2)
+    p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--concurrency", type=int, nargs="+", default=[1, 4, 8])
     p.add_argument("--continuous-batching", action="store_true",
                    help="also measure transformers serve --continuous-batching")
@@ -75,31 +69,39 @@ def main(argv=None) -> int:
     load = os.getloadavg()[0]
 
     local = TransformersChat("default", batch_size=args.prompts)
+    local1 = TransformersChat(local.model, local.tokenizer, batch_size=1)
     tok = local.tokenizer
-    for bs in (args.prompts, 1):
-        local.batch_size = bs
-        r = _measure(local, convs, args.new_tokens, tok, args.repeats)
-        rows.append({"backend": f"TransformersChat, batch {bs}", **r})
-        print(rows[-1], flush=True)
-    del local
-
+    configs = [(f"TransformersChat, batch {args.prompts}", local, {}), ("TransformersChat, batch 1", local1, {})]
     serving = _serving()
+    servers = []
     variants = [("transformers serve", [])] + ([("transformers serve --continuous-batching", ["--continuous-batching"])]
                                                 if args.continuous_batching else [])
-    for label, extra in variants:
-        server = serving.TransformersServer(default_model_path(), out / "server.log", threads=args.threads,
-                                            extra_args=extra)
-        server.start()
-        try:
-            startup = server.startup_seconds[-1]
+    try:
+        for label, extra in variants:
+            server = serving.TransformersServer(default_model_path(), out / f"server{len(servers)}.log",
+                                                threads=args.threads, extra_args=extra)
+            servers.append(server.start())
             for c in args.concurrency:
                 client = OpenAICompatibleChat(server.base_url, server.model, cache_dir=None, concurrency=c,
                                               read_timeout=600, deadline=None)
-                r = _measure(client, convs, args.new_tokens, tok, args.repeats)
-                rows.append({"backend": f"{label}, concurrency {c}", "startup_s": startup,
-                             "server_rss_mib": (server.rss_bytes() or 0) / 2**20, **r})
-                print(rows[-1], flush=True)
-        finally:
+                configs.append((f"{label}, concurrency {c}", client,
+                                {"startup_s": server.startup_seconds[-1],
+                                 "server_rss_mib": (server.rss_bytes() or 0) / 2**20}))
+        for _, backend, _ in configs:
+            backend.generate(convs[:2], max_new_tokens=8)  # warm-up (model load, first-call costs)
+        runs = {name: [] for name, _, _ in configs}
+        for k in range(args.repeats):
+            for name, backend, _ in configs:
+                runs[name].append(_once(backend, convs, args.new_tokens, tok))
+                print(k, name, runs[name][-1], f"load {os.getloadavg()[0]:.1f}", flush=True)
+        for name, _, extra in configs:
+            rates = [t / w for t, w in runs[name]]
+            rows.append({"backend": name, "tok_per_s": statistics.mean(rates),
+                         "tok_per_s_std": statistics.stdev(rates) if len(rates) > 1 else 0.0,
+                         "wall_s": statistics.mean(w for _, w in runs[name]), "tokens": runs[name][-1][0],
+                         "runs": rates, **extra})
+    finally:
+        for server in servers:
             server.stop()
 
     meta = {"command": " ".join([Path(sys.argv[0]).name, *(argv or sys.argv[1:])]), "prompts": args.prompts,
