@@ -22,10 +22,12 @@ class ScriptedTeacher:
 
     name = "scripted"
 
-    def __init__(self, fail_after: int | None = None, garbage: bool = False, empty_distill: bool = False):
+    def __init__(self, fail_after: int | None = None, garbage: bool = False, empty_distill: bool = False,
+                 copy_strategy: bool = False):
         self.fail_after = fail_after
         self.garbage = garbage
         self.empty_distill = empty_distill
+        self.copy_strategy = copy_strategy  # solve replies = the prompt's strategy cut off mid-line (48-token run)
         self.calls: list[str] = []
 
     def reply(self, content: str) -> str:
@@ -40,6 +42,9 @@ class ScriptedTeacher:
             return f"New strategy:\n1. Sort meetings (seen {n} journal entries).\n2. Count the peak overlap.\n3. Compare."
         if self.garbage:
             return "I am not sure about this one."
+        if self.copy_strategy:
+            strategy = content.split("Strategy:\n", 1)[1].split("\n\n", 1)[0]
+            return strategy[: strategy.find("4. Answer YES if it is") + len("4. Answer YES if it is")]
         rooms = int(re.search(r"Rooms available: (\d+)", content).group(1))
         return f"Rooms {rooms}, so probably.\nAnswer: {'YES' if rooms >= 2 else 'NO'}"
 
@@ -77,6 +82,11 @@ class _Handler(http.server.BaseHTTPRequestHandler):
             return self._send(200, server.reply(body))
         if fault == "malformed":
             return self._send_raw(200, b'{"choices": [ {"message": ')
+        if fault == "null":
+            return self._send(200, {"choices": [{"index": 0, "message": {"role": "assistant", "content": None},
+                                                 "finish_reason": "tool_calls"}]})
+        if fault == "pinned":  # what transformers serve answers for another model name
+            return self._send(400, {"detail": "Server is pinned to '/srv/models/m'; requested 'm'."})
         if isinstance(fault, int):
             extra = {"Retry-After": "0"} if fault == 429 else {}
             return self._send(fault, {"error": {"message": f"scripted {fault}"}}, extra)
@@ -99,7 +109,9 @@ class _Handler(http.server.BaseHTTPRequestHandler):
 
 
 class FakeOpenAIServer(http.server.ThreadingHTTPServer):
-    """Serves /v1/chat/completions on 127.0.0.1 with scripted faults: 429, 500, 401, 404, 'timeout', 'malformed'."""
+    """Serves /v1/chat/completions on 127.0.0.1 with scripted faults: 429, 500, 401, 404, 'timeout', 'malformed',
+    'null' (a null message content), 'pinned' (transformers serve's HTTP 400 for another model name). Like
+    transformers serve, it ignores ``stop`` (the stop string stays in the reply)."""
 
     daemon_threads = True
 
@@ -138,3 +150,10 @@ def serving(server):
 def openai_server():
     with serving(FakeOpenAIServer()) as server:
         yield server
+
+
+@pytest.fixture
+def openai_servers():
+    """Two independent fake servers (replicas of one model)."""
+    with serving(FakeOpenAIServer()) as a, serving(FakeOpenAIServer()) as b:
+        yield a, b
