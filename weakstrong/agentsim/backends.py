@@ -10,6 +10,7 @@ Any object with ``generate(conversations, **sampling) -> list[str]`` works (the 
 from __future__ import annotations
 
 import hashlib
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Callable
 
 from ..backends import ChatBackend, OpenAICompatibleChat, TransformersChat, normalize_sampling
@@ -38,6 +39,7 @@ class ScriptedBackend:
     """
 
     name = "scripted"
+    per_conversation_seeds = True  # generate(..., seed=[one per conversation]) is understood
 
     def __init__(self, fn: Callable[[list[dict], dict], str] | None = None, fail_on_call: int | None = None,
                  on_fail: Callable[[], Any] | None = None):
@@ -49,6 +51,12 @@ class ScriptedBackend:
 
     def generate(self, conversations, **sampling) -> list[str]:
         conversations = check_conversations(conversations)
+        seeds = sampling.pop("seed", None)
+        if not isinstance(seeds, (list, tuple)):
+            seeds = [seeds] * len(conversations)
+        elif len(seeds) != len(conversations):
+            raise ValueError(f"seed has {len(seeds)} entries for {len(conversations)} conversations: pass one per "
+                             "conversation, or a single int")
         opts = normalize_sampling({"max_new_tokens": 256}, sampling)
         self.calls += 1
         if self.fail_on_call is not None and self.calls == self.fail_on_call:
@@ -56,7 +64,7 @@ class ScriptedBackend:
                 self.on_fail()
             raise RuntimeError(f"scripted failure on generate call {self.calls}")
         self.conversations += len(conversations)
-        return [self.fn(c, opts) for c in conversations]
+        return [self.fn(c, {**opts, "seed": s} if s is not None else opts) for c, s in zip(conversations, seeds)]
 
 
 _WORDS = ("truth", "markets", "coffee", "freedom", "code", "rain", "justice", "memes", "history", "growth",
@@ -78,6 +86,55 @@ def default_script(conversation: list[dict], sampling: dict) -> str:
 
 def backend_name(backend: ChatBackend) -> str:
     return str(getattr(backend, "name", type(backend).__name__))
+
+
+def backend_identity(backend: ChatBackend) -> dict:
+    """What about a backend decides its replies, beyond the sampling the simulation sets per call: the kind, the
+    model, the endpoint(s) and extra request fields (OpenAI-compatible), the batch size (a local model samples a
+    batch from one generator). A resumed simulation must match it."""
+    if isinstance(backend, OpenAICompatibleChat):
+        urls = getattr(backend, "base_urls", None) or [backend.base_url]
+        return {"type": "openai", "model": backend.model, "base_url": list(urls),
+                "extra_body": dict(backend.extra_body)}
+    if isinstance(backend, TransformersChat):
+        return {"type": "transformers", "model": backend.name, "batch_size": int(backend.batch_size)}
+    ident = {"type": type(backend).__name__, "model": backend_name(backend)}
+    extra = getattr(backend, "identity", None)
+    if callable(extra):
+        ident.update(extra())
+    return ident
+
+
+def generate_seeded(backend: ChatBackend, conversations: list, seeds: list[int], **sampling) -> list[str]:
+    """One reply per conversation, request ``i`` sampled with ``seeds[i]``.
+
+    * A backend that takes one seed per conversation (``per_conversation_seeds = True``, ``seed=[...]``) gets the
+      whole batch in one call.
+    * A local batched model (:class:`TransformersChat`) samples a batch from one generator: it gets one call seeded
+      with ``seeds[0]``; its rows still sample independently, so equal prompts in a batch get different replies.
+    * Any other backend gets one call per conversation with its own seed, ``backend.concurrency`` (default 1) at a
+      time, so an HTTP client's concurrency limit is used.
+    """
+    if len(seeds) != len(conversations):
+        raise ValueError(f"{len(seeds)} seeds for {len(conversations)} conversations")
+    if not conversations:
+        return []
+    if getattr(backend, "per_conversation_seeds", False):
+        return backend.generate(conversations, seed=[int(s) for s in seeds], **sampling)
+    if isinstance(backend, TransformersChat):
+        return backend.generate(conversations, seed=int(seeds[0]), **sampling)
+
+    def one(i):
+        replies = backend.generate([conversations[i]], seed=int(seeds[i]), **sampling)
+        if len(replies) != 1:
+            raise RuntimeError(f"backend returned {len(replies)} replies for 1 conversation")
+        return replies[0]
+
+    workers = max(1, min(int(getattr(backend, "concurrency", 1) or 1), len(conversations)))
+    if workers == 1:
+        return [one(i) for i in range(len(conversations))]
+    with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="agentsim") as pool:
+        return list(pool.map(one, range(len(conversations))))
 
 
 def backend_tokenizer(backend: ChatBackend):
