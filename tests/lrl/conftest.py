@@ -77,6 +77,11 @@ class _Handler(http.server.BaseHTTPRequestHandler):
             return self._send(200, server.reply(body))
         if fault == "malformed":
             return self._send_raw(200, b'{"choices": [ {"message": ')
+        if fault == "null":
+            return self._send(200, {"choices": [{"index": 0, "message": {"role": "assistant", "content": None},
+                                                 "finish_reason": "tool_calls"}]})
+        if fault == "pinned":  # what transformers serve answers for another model name
+            return self._send(400, {"detail": "Server is pinned to '/srv/models/m'; requested 'm'."})
         if isinstance(fault, int):
             extra = {"Retry-After": "0"} if fault == 429 else {}
             return self._send(fault, {"error": {"message": f"scripted {fault}"}}, extra)
@@ -99,7 +104,9 @@ class _Handler(http.server.BaseHTTPRequestHandler):
 
 
 class FakeOpenAIServer(http.server.ThreadingHTTPServer):
-    """Serves /v1/chat/completions on 127.0.0.1 with scripted faults: 429, 500, 401, 404, 'timeout', 'malformed'."""
+    """Serves /v1/chat/completions on 127.0.0.1 with scripted faults: 429, 500, 401, 404, 'timeout', 'malformed',
+    'null' (a null message content), 'pinned' (transformers serve's HTTP 400 for another model name). Like
+    transformers serve, it ignores ``stop`` (the stop string stays in the reply)."""
 
     daemon_threads = True
 
@@ -138,3 +145,10 @@ def serving(server):
 def openai_server():
     with serving(FakeOpenAIServer()) as server:
         yield server
+
+
+@pytest.fixture
+def openai_servers():
+    """Two independent fake servers (replicas of one model)."""
+    with serving(FakeOpenAIServer()) as a, serving(FakeOpenAIServer()) as b:
+        yield a, b

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import re
 
 import pytest
 
@@ -54,7 +55,7 @@ def test_backoff_is_capped_and_jittered(tmp_path):
 def test_gives_up_with_clear_error(openai_server, tmp_path):
     openai_server.faults = [500] * 10
     client, sleeps = _client(openai_server, tmp_path, max_retries=2)
-    with pytest.raises(EndpointUnavailableError, match=r"failed 3 times; last error: HTTP 500.*rerun"):
+    with pytest.raises(EndpointUnavailableError, match=r"failed 3 times in \d+ s; last error: HTTP 500.*rerun"):
         client.generate([CONV])
     assert len(openai_server.requests) == 3 and len(sleeps) == 2
 
@@ -171,3 +172,159 @@ def test_transformers_chat_greedy_sampled_and_stop():
     if stop:
         assert chat.generate([CONV], max_new_tokens=6, stop=stop)[0] == greedy[0][: greedy[0].find(stop)]
     assert chat.render(CONV).endswith("<|im_start|>assistant\n")
+
+
+# ------------------------------------------------------------------ per-request seeds, replicas, server quirks
+def _convs(n):
+    return [[{"role": "user", "content": f"Rooms available: {k}"}] for k in range(n)]
+
+
+def _seed_of(server, conv):
+    return [r["body"].get("seed") for r in server.requests if r["body"]["messages"] == conv]
+
+
+def test_per_request_seeds_go_out_one_per_request(openai_server, tmp_path):
+    client, _ = _client(openai_server, tmp_path, concurrency=3)
+    convs = _convs(3)
+    client.generate(convs, temperature=0.7, seed=[11, 12, 13])
+    assert [_seed_of(openai_server, c) for c in convs] == [[11], [12], [13]]
+    # the same seeds again: served from the cache (a seeded sampled request is reproducible); new seeds are not
+    client.generate(convs, temperature=0.7, seed=[11, 12, 13])
+    assert len(openai_server.requests) == 3
+    client.generate(convs, temperature=0.7, seed=(11, 12, 99))
+    assert len(openai_server.requests) == 4 and _seed_of(openai_server, convs[2]) == [13, 99]
+    client.generate(convs, temperature=0.7, seed=5)  # one int: every request carries it
+    assert [_seed_of(openai_server, c)[-1] for c in convs] == [5, 5, 5]
+    with pytest.raises(ValueError, match="seed has 2 values for 3 conversations"):
+        client.generate(convs, temperature=0.7, seed=[1, 2])
+    with pytest.raises(TypeError, match="seed must be an int or a sequence of ints"):
+        client.generate(convs, seed=[1, "2", 3])
+    with pytest.raises(TypeError, match="seed must be an int"):
+        client.generate(convs, seed=True)
+
+
+def test_transformers_chat_per_conversation_seeds_do_not_depend_on_the_batch():
+    from weakstrong.models import tiny_model
+
+    model, tok = tiny_model()
+    convs = [CONV, [{"role": "user", "content": "hi"}], CONV, [{"role": "system", "content": "s"}, *CONV]]
+    seeds = [5, 6, 7, 5]
+    batched = TransformersChat(model, tok, batch_size=4).generate(convs, temperature=1.0, seed=seeds,
+                                                                 max_new_tokens=8)
+    alone = [TransformersChat(model, tok, batch_size=1).generate([c], temperature=1.0, seed=[s], max_new_tokens=8)[0]
+             for c, s in zip(convs, seeds)]
+    assert batched == alone
+    # the order of the batch does not matter either; the same conversation with another seed draws other text
+    reordered = TransformersChat(model, tok, batch_size=3).generate(convs[::-1], temperature=1.0, seed=seeds[::-1],
+                                                                   max_new_tokens=8)
+    assert reordered[::-1] == batched
+    assert batched[0] != batched[2]
+    with pytest.raises(ValueError, match="seed has 3 values for 4 conversations"):
+        TransformersChat(model, tok).generate(convs, temperature=1.0, seed=[1, 2, 3])
+    with pytest.raises(ValueError, match="seed has 1 values for 4 conversations"):
+        TransformersChat(model, tok).generate(convs, seed=[1])  # checked for greedy calls too
+
+
+def test_requests_are_spread_round_robin_over_replicas(openai_servers, tmp_path):
+    a, b = openai_servers
+    client = OpenAICompatibleChat([a.base_url, b.base_url], "m", cache_dir=tmp_path / "cache", concurrency=4)
+    convs = _convs(6)
+    replies = client.generate(convs)
+    assert replies == OpenAICompatibleChat(a.base_url, "m", cache_dir=None).generate(convs)
+    # request i goes to replica i mod 2, whatever the timing; the next call continues the rotation
+    served_by_a = {r["body"]["messages"][0]["content"] for r in a.requests[:3]}
+    assert served_by_a == {c[0]["content"] for c in convs[0::2]}
+    assert {r["body"]["messages"][0]["content"] for r in b.requests} == {c[0]["content"] for c in convs[1::2]}
+    assert client.stats["per_endpoint"] == {a.base_url: 3, b.base_url: 3}
+    one = [[{"role": "user", "content": "Rooms available: 9"}]]
+    client.generate(one)
+    assert client.stats["per_endpoint"] == {a.base_url: 4, b.base_url: 3}
+    # the cache key is the SET of replicas: the same list in another order hits the cache...
+    again = OpenAICompatibleChat([b.base_url, a.base_url], "m", cache_dir=tmp_path / "cache")
+    assert again.generate(convs) == replies and again.stats["requests"] == 0
+    # ...a single server of the set is another endpoint: a reply cached for A+B is not returned for A alone
+    alone = OpenAICompatibleChat(a.base_url, "m", cache_dir=tmp_path / "cache")
+    alone.generate(convs[:1])
+    assert alone.stats["requests"] == 1 and alone.stats["cache_hits"] == 0
+    with pytest.raises(ConfigurationError, match="same endpoint twice"):
+        OpenAICompatibleChat([a.base_url, a.base_url + "/"], "m")
+    with pytest.raises(ConfigurationError, match="empty list"):
+        OpenAICompatibleChat([], "m")
+
+
+def test_cache_key_holds_the_endpoint(openai_servers, tmp_path):
+    a, b = openai_servers
+    b.teacher.garbage = True  # server B answers differently for the same model name
+    first = OpenAICompatibleChat(a.base_url, "m", cache_dir=tmp_path / "c").generate([CONV])
+    other = OpenAICompatibleChat(b.base_url, "m", cache_dir=tmp_path / "c").generate([CONV])
+    assert first != other and len(a.requests) == 1 and len(b.requests) == 1
+
+
+def test_a_replica_that_is_down_is_skipped_by_the_retry(openai_server, tmp_path):
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        dead = f"http://127.0.0.1:{s.getsockname()[1]}/v1"
+    sleeps = []
+    client = OpenAICompatibleChat([dead, openai_server.base_url], "m", cache_dir=None, sleep=sleeps.append,
+                                  max_retries=1, concurrency=2)
+    assert len(client.generate(_convs(4))) == 4
+    assert client.stats["per_endpoint"] == {dead: 2, openai_server.base_url: 4} and len(sleeps) == 2
+
+
+def test_stop_strings_are_trimmed_client_side(openai_server, tmp_path):
+    client, _ = _client(openai_server, tmp_path)
+    # the server (like transformers serve) leaves the stop string and what follows in its reply
+    assert client.generate([CONV], stop=["\nAnswer"]) == ["Rooms 1, so probably."]
+    assert openai_server.requests[-1]["body"]["stop"] == ["\nAnswer"]
+    # a cached reply is trimmed the same way
+    assert client.generate([CONV], stop="\nAnswer") == ["Rooms 1, so probably."]
+    assert len(openai_server.requests) == 1
+
+
+def test_null_content_is_an_error_and_not_cached(openai_server, tmp_path):
+    openai_server.faults = ["null"]
+    client, sleeps = _client(openai_server, tmp_path)
+    with pytest.raises(ChatBackendError, match="content None.*tool_calls.*nothing was cached"):
+        client.generate([CONV])
+    assert not list((tmp_path / "cache").rglob("*.json")) and sleeps == []
+    assert client.generate([CONV]) == ["Rooms 1, so probably.\nAnswer: NO"]  # nothing stale was kept
+
+
+def test_pinned_server_names_the_model_to_pass(openai_server, tmp_path):
+    openai_server.faults = ["pinned"]
+    client, _ = _client(openai_server, tmp_path, setting_names={"model": "--teacher URL::"})
+    with pytest.raises(ConfigurationError, match=r"serves only '/srv/models/m'.*--teacher URL::'/srv/models/m'"):
+        client.generate([CONV])
+    alias = OpenAICompatibleChat(openai_server.base_url, "/srv/models/m", model_alias="small", cache_dir=None)
+    assert alias.name.startswith("openai:small@") and alias.request_body(CONV, {"temperature": 0,
+                                                                                "max_new_tokens": 4})["model"] == "/srv/models/m"
+
+
+def test_total_deadline_bounds_a_server_that_never_answers(openai_server, tmp_path):
+    import time
+
+    openai_server.faults = ["timeout"] * 50
+    openai_server.hang_seconds = 3.0
+    client = OpenAICompatibleChat(openai_server.base_url, "m", cache_dir=None, read_timeout=0.4, deadline=1.5,
+                                  max_retries=20, backoff_base=0.01, run_label="the LRL teacher (weakstrong lrl)",
+                                  setting_names={"deadline": "--teacher_deadline",
+                                                 "read_timeout": "--teacher_read_timeout"})
+    start = time.monotonic()
+    with pytest.raises(EndpointUnavailableError) as err:
+        client.generate([CONV])
+    assert time.monotonic() - start < 2.5
+    msg = str(err.value)
+    assert msg.startswith("the LRL teacher (weakstrong lrl): ") and "1.5 s deadline ran out" in msg
+    assert re.search(r"read timeout: no reply within 0\.\d+ s", msg) and "--teacher_deadline" in msg
+    assert "--teacher_read_timeout" in msg and 2 <= len(openai_server.requests) <= 5
+
+
+def test_setting_names_replace_python_names_in_errors(openai_server, tmp_path, monkeypatch):
+    monkeypatch.delenv("NOPE_KEY", raising=False)
+    openai_server.faults = [401]
+    client, _ = _client(openai_server, tmp_path, api_key_env="NOPE_KEY",
+                        setting_names={"api_key_env": "--teacher_api_key_env "})
+    with pytest.raises(ConfigurationError, match="pass --teacher_api_key_env <NAME>"):
+        client.generate([CONV])

@@ -6,6 +6,10 @@ string per conversation. Sampling options are keyword arguments with the same na
 * ``temperature`` (0 = greedy; the default),
 * ``max_new_tokens`` (the reply budget; ``max_tokens`` is accepted as an alias),
 * ``top_p``, ``seed`` and ``stop`` (optional).
+
+``seed`` is one int for the whole batch, or a sequence of ints with one seed per conversation (so that two
+conversations of one batch never share a seed; :func:`request_seeds` checks the length). What a backend
+guarantees for it is in its own docstring.
 """
 
 from __future__ import annotations
@@ -77,7 +81,41 @@ def normalize_sampling(defaults: dict[str, Any], sampling: dict[str, Any]) -> di
         raise ValueError(f"top_p must be in (0, 1], got {top_p}")
     if isinstance(out.get("stop"), str):
         out["stop"] = [out["stop"]]
+    if "seed" in out:
+        out["seed"] = _check_seed(out["seed"])
     return out
+
+
+def _is_int(x) -> bool:
+    return isinstance(x, (int, np.integer)) and not isinstance(x, (bool, np.bool_))
+
+
+def _check_seed(seed):
+    if seed is None or _is_int(seed):
+        return None if seed is None else int(seed)
+    if isinstance(seed, (list, tuple, np.ndarray)) and all(_is_int(s) for s in seed):
+        return [int(s) for s in seed]
+    raise TypeError(f"seed must be an int or a sequence of ints (one per conversation), got {seed!r:.120}")
+
+
+def request_seeds(opts: dict[str, Any], n: int) -> list[int | None]:
+    """One seed per conversation from normalized sampling options: an int seed is shared by all ``n``, a list
+    must have exactly ``n`` entries, no seed gives ``None`` for each."""
+    seed = opts.get("seed")
+    if isinstance(seed, list):
+        if len(seed) != n:
+            raise ValueError(f"seed has {len(seed)} values for {n} conversations: pass one int, or exactly one "
+                             "seed per conversation, in the same order")
+        return list(seed)
+    return [seed] * n
+
+
+def cut_at_stop(text: str, stop: list[str] | None) -> str:
+    """``text`` up to (not including) the first occurrence of any stop string (OpenAI's semantics)."""
+    if not stop:
+        return text
+    cut = min((i for i in (text.find(s) for s in stop if s) if i >= 0), default=-1)
+    return text if cut < 0 else text[:cut]
 
 
 def check_conversations(conversations) -> list[Messages]:

@@ -1,11 +1,18 @@
 """Chat completions over HTTP against any OpenAI-compatible server (vLLM, SGLang, llama.cpp, TGI, OpenAI...).
 
-Standard library only (``urllib``). Requests run on a small thread pool (``concurrency``); each one is retried
-with exponential backoff and jitter on 429, 408, 5xx, timeouts, refused connections and malformed replies, and
-fails at once with a :class:`~weakstrong.backends.ConfigurationError` on 401/403/404 naming the setting to fix.
-Replies are cached on disk under a hash of the request (model, messages, sampling), so a rerun costs nothing.
-The API key is read from an environment variable at request time; it is never stored on the object, logged,
-or written to the cache.
+Standard library only (``http.client``). Requests run on a small thread pool (``concurrency``), spread
+round-robin over one or several replicas of the same model (``base_url`` may be a list); each one is retried
+with exponential backoff and jitter on 429, 408, 5xx, timeouts, refused connections and malformed replies, within
+a total ``deadline``, and fails at once with a :class:`~weakstrong.backends.ConfigurationError` on 401/403/404
+naming the setting to fix. Replies are cached on disk under a hash of the request (the set of endpoints, model,
+messages, sampling), so a rerun costs nothing. The API key is read from an environment variable at request time;
+it is never stored on the object, logged, or written to the cache.
+
+Server quirks handled here (they are the server's, not the protocol's): a server that leaves the ``stop`` string
+in its reply (``transformers serve`` does) is trimmed client-side; a server pinned to one model name (``transformers
+serve`` answers HTTP 400 "Server is pinned to 'X'" unless the request names exactly its served path) gets a
+:class:`ConfigurationError` naming that path, and ``model_alias`` keeps a short, machine-independent name for the
+run's identity and reports.
 """
 
 from __future__ import annotations
@@ -16,27 +23,31 @@ import json
 import logging
 import os
 import random
+import re
 import socket
+import ssl
 import threading
 import time
-import urllib.error
 import urllib.parse
 import urllib.request
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
 
 from .._io import atomic_write
 import numpy as np
 
 from .base import (ChatBackendError, ChoiceProbs, ConfigurationError, EndpointUnavailableError, Messages,
-                   check_conversations, normalize_sampling)
+                   check_conversations, cut_at_stop, normalize_sampling, request_seeds)
 
 logger = logging.getLogger(__name__)
 
-CACHE_FORMAT = 1
+CACHE_FORMAT = 2  # 2: the key holds the set of endpoints (format 1 entries, keyed on the model only, are unused)
 _RETRY_STATUS = {408, 409, 425, 429}
 _LOOPBACK = {"127.0.0.1", "localhost", "::1"}
+_PINNED = re.compile(r"pinned to '([^']+)'")
+# how each setting is named in messages; a CLI passes its own flags (e.g. {"api_key_env": "--teacher_api_key_env"})
+_SETTING_NAMES = ("base_url", "model", "api_key_env", "connect_timeout", "read_timeout", "deadline", "max_retries")
 
 
 class _Retryable(Exception):
@@ -58,75 +69,168 @@ def _retry_after(value) -> float | None:
         return None
 
 
+class _Endpoint:
+    """One replica: where to connect (directly or through an environment proxy) and the request path."""
+
+    def __init__(self, base_url: str):
+        parsed = urllib.parse.urlparse(base_url or "")
+        if parsed.scheme not in ("http", "https") or not parsed.netloc or not parsed.hostname:
+            raise ConfigurationError(
+                f"base_url must be an http(s) URL such as 'http://localhost:8000/v1', got {base_url!r}")
+        self.base_url = base_url.rstrip("/")
+        self.url = self.base_url + "/chat/completions"
+        self.https = parsed.scheme == "https"
+        self.host = parsed.hostname
+        self.port = parsed.port or (443 if self.https else 80)
+        self.path = (parsed.path.rstrip("/") or "") + "/chat/completions"
+        proxy = None
+        if self.host not in _LOOPBACK and not urllib.request.proxy_bypass(self.host):
+            proxy = urllib.request.getproxies().get(parsed.scheme)
+        self.proxy = urllib.parse.urlparse(proxy) if proxy else None
+
+    def connection(self, timeout: float) -> http.client.HTTPConnection:
+        if self.proxy is not None:
+            conn = http.client.HTTPConnection(self.proxy.hostname, self.proxy.port or 80, timeout=timeout)
+            if self.https:
+                conn = http.client.HTTPSConnection(self.proxy.hostname, self.proxy.port or 80, timeout=timeout,
+                                                   context=ssl.create_default_context())
+                conn.set_tunnel(self.host, self.port)
+            return conn
+        if self.https:
+            return http.client.HTTPSConnection(self.host, self.port, timeout=timeout,
+                                               context=ssl.create_default_context())
+        return http.client.HTTPConnection(self.host, self.port, timeout=timeout)
+
+    def target(self) -> str:
+        """The request target: the path, or the absolute URL through a plain-HTTP proxy."""
+        return self.url if (self.proxy is not None and not self.https) else self.path
+
+
 class OpenAICompatibleChat:
     """A :class:`~weakstrong.backends.ChatBackend` over ``POST {base_url}/chat/completions``.
 
     Args:
-        base_url: the server's API root, e.g. ``"http://localhost:8000/v1"``.
-        model: the model name the server expects (``"model"`` field of the request).
+        base_url: the server's API root, e.g. ``"http://localhost:8000/v1"``, or a list of them: replicas
+            serving the same model. A batch's requests are assigned round-robin (request ``i`` of the ``k``-th
+            request this client sends goes to replica ``k mod n``; the order is fixed by the batch, not by timing);
+            a retry goes to the next replica, so one replica down slows a run but does not stop it.
+        model: the model name sent in each request (``"model"`` field). ``transformers serve`` needs its
+            served path here exactly.
+        model_alias: the name used for this backend's ``name``, run identities and reports (default: ``model``);
+            e.g. ``"SmolLM2-135M-Instruct"`` when ``model`` is a machine-specific path.
         api_key_env: name of the environment variable holding the API key. Unset or empty: no
             ``Authorization`` header is sent (fine for most local servers).
         max_new_tokens, temperature: default sampling (sent as ``max_tokens`` / ``temperature``).
-        timeout: seconds per HTTP request.
+        connect_timeout: seconds to open a connection (a server that is down fails fast).
+        read_timeout: seconds to wait for the reply once connected (``timeout`` is accepted as its old name).
+        deadline: total seconds one request may take, retries and waits included; then
+            :class:`EndpointUnavailableError` (``None``: only ``max_retries`` bounds it).
         max_retries: retries after the first attempt on retryable failures.
         backoff_base, backoff_max: delay before retry ``k`` (0-based) is ``min(backoff_max, backoff_base·2^k)``
             with "equal jitter" (uniform in its upper half); a ``Retry-After`` header is honoured up to
             ``backoff_max``.
-        concurrency: requests in flight at once.
+        concurrency: requests in flight at once, in total over all replicas (give ``n × per-server`` for ``n``).
         cache_dir: ``"auto"`` (``$WEAKSTRONG_CACHE/chat-cache``), a folder, or ``None`` for no cache. Sampled
-            requests (``temperature > 0``) without a ``seed`` are never cached: each call must draw afresh.
+            requests (``temperature > 0``) without a ``seed`` are never cached: each call must draw afresh. The
+            key holds the sorted set of ``base_url`` values and the request, not the replica that served it.
         extra_body: extra JSON fields merged into every request (e.g. ``{"top_k": 20}``); part of the cache key.
         sleep: the function used to wait between retries (tests inject a recorder).
+        run_label: what this client serves in error messages, e.g. ``"the LRL teacher (weakstrong lrl)"``.
+        setting_names: how the user sets each option where this client was built (e.g. ``{"api_key_env":
+            "--teacher_api_key_env", "read_timeout": "--teacher_read_timeout"}``), used in error messages;
+            default: the Python argument names (``api_key_env=``).
+
+    ``seed`` may be one int or one int per conversation (see :mod:`weakstrong.backends.base`); each request
+    carries its own. The server decides what a seed guarantees (vLLM: per-request generators; ``transformers
+    serve``: a global ``torch.manual_seed``, racy under concurrency, and it samples only when the model's
+    generation config has ``do_sample``).
     """
 
-    def __init__(self, base_url: str, model: str, api_key_env: str = "OPENAI_API_KEY", *,
-                 max_new_tokens: int = 512, temperature: float = 0.0, timeout: float = 120.0,
-                 max_retries: int = 6, backoff_base: float = 1.0, backoff_max: float = 60.0, concurrency: int = 4,
-                 cache_dir: str | os.PathLike | None = "auto", extra_body: dict | None = None,
-                 sleep: Callable[[float], None] = time.sleep, name: str | None = None):
-        parsed = urllib.parse.urlparse(base_url or "")
-        if parsed.scheme not in ("http", "https") or not parsed.netloc:
-            raise ConfigurationError(
-                f"base_url must be an http(s) URL such as 'http://localhost:8000/v1', got {base_url!r}")
+    def __init__(self, base_url: str | Sequence[str], model: str, api_key_env: str = "OPENAI_API_KEY", *,
+                 model_alias: str | None = None, max_new_tokens: int = 512, temperature: float = 0.0,
+                 connect_timeout: float = 10.0, read_timeout: float = 120.0, deadline: float | None = 600.0,
+                 timeout: float | None = None, max_retries: int = 6, backoff_base: float = 1.0,
+                 backoff_max: float = 60.0, concurrency: int = 4, cache_dir: str | os.PathLike | None = "auto",
+                 extra_body: dict | None = None, sleep: Callable[[float], None] = time.sleep, name: str | None = None,
+                 run_label: str | None = None, setting_names: dict[str, str] | None = None):
+        urls = [base_url] if isinstance(base_url, str) or base_url is None else list(base_url)
+        if not urls:
+            raise ConfigurationError("base_url is an empty list: give at least one URL such as "
+                                     "'http://localhost:8000/v1'")
+        self.endpoints = [_Endpoint(u) for u in urls]
+        if len({e.base_url for e in self.endpoints}) != len(self.endpoints):
+            raise ConfigurationError(f"base_url lists the same endpoint twice: {urls}")
         if not model:
             raise ConfigurationError("model must name the model served at base_url (e.g. 'Qwen/Qwen2.5-72B-Instruct')")
-        if max_retries < 0 or concurrency < 1 or timeout <= 0 or backoff_base < 0:
-            raise ValueError("need max_retries >= 0, concurrency >= 1, timeout > 0 and backoff_base >= 0")
-        self.base_url = base_url.rstrip("/")
-        self.url = self.base_url + "/chat/completions"
+        if timeout is not None:
+            read_timeout = timeout
+        if (max_retries < 0 or concurrency < 1 or connect_timeout <= 0 or read_timeout <= 0 or backoff_base < 0
+                or (deadline is not None and deadline <= 0)):
+            raise ValueError("need max_retries >= 0, concurrency >= 1, connect_timeout > 0, read_timeout > 0, "
+                             "deadline > 0 (or None) and backoff_base >= 0")
+        self.base_urls = [e.base_url for e in self.endpoints]
+        self.base_url = self.base_urls[0]
+        self.url = self.endpoints[0].url
         self.model = model
+        self.model_alias = model_alias or model
         self.api_key_env = api_key_env
-        self.timeout = timeout
+        self.connect_timeout = float(connect_timeout)
+        self.read_timeout = float(read_timeout)
+        self.deadline = None if deadline is None else float(deadline)
         self.max_retries = max_retries
         self.backoff_base = backoff_base
         self.backoff_max = backoff_max
         self.concurrency = concurrency
         self.extra_body = dict(extra_body or {})
         self.sleep = sleep
-        self.name = name or f"openai:{model}@{self.base_url}"
+        where = self.base_url if len(self.base_urls) == 1 else f"{self.base_url}+{len(self.base_urls) - 1}"
+        self.name = name or f"openai:{self.model_alias}@{where}"
+        self.run_label = run_label
+        self.setting_names = {k: f"{k}=" for k in _SETTING_NAMES}
+        self.setting_names.update(setting_names or {})
         self.defaults = {"max_new_tokens": max_new_tokens, "temperature": temperature}
         self.cache_dir = (default_cache_dir() if cache_dir == "auto" else
                           Path(cache_dir).expanduser() if cache_dir is not None else None)
-        self.stats = {"requests": 0, "cache_hits": 0, "retries": 0}
+        self.stats = {"requests": 0, "cache_hits": 0, "retries": 0,
+                      "per_endpoint": {u: 0 for u in self.base_urls}}
         self._lock = threading.Lock()
-        handlers = [urllib.request.ProxyHandler({})] if parsed.hostname in _LOOPBACK else []
-        self._opener = urllib.request.build_opener(*handlers)
+        self._next_endpoint = 0
+
+    @property
+    def timeout(self) -> float:  # the old single timeout: now the read timeout
+        return self.read_timeout
 
     def __repr__(self) -> str:  # never shows the key
-        return (f"{type(self).__name__}(base_url={self.base_url!r}, model={self.model!r}, "
+        urls = self.base_url if len(self.base_urls) == 1 else self.base_urls
+        return (f"{type(self).__name__}(base_url={urls!r}, model={self.model!r}, "
                 f"api_key_env={self.api_key_env!r})")
+
+    def _reserve(self, n: int) -> int:
+        """The replica index of the first of ``n`` requests about to be sent (round-robin over calls)."""
+        with self._lock:
+            start = self._next_endpoint
+            self._next_endpoint = (start + n) % len(self.endpoints)
+        return start
+
+    def _map(self, fn, items: list) -> list:
+        workers = min(self.concurrency, len(items))
+        if workers <= 1:
+            return [fn(x) for x in items]
+        with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="chat") as pool:
+            return list(pool.map(fn, items))
 
     # ------------------------------------------------------------------ public
     def generate(self, conversations: list[Messages], **sampling: Any) -> list[str]:
+        """One reply per conversation, in order. ``seed`` may be one int or one per conversation; ``stop``
+        strings are cut from the replies here even when the server leaves them in."""
         conversations = check_conversations(conversations)
         opts = normalize_sampling(self.defaults, sampling)
+        seeds = request_seeds(opts, len(conversations))
         if not conversations:
             return []
-        workers = min(self.concurrency, len(conversations))
-        if workers == 1:
-            return [self._one(c, opts) for c in conversations]
-        with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="chat") as pool:
-            return list(pool.map(lambda c: self._one(c, opts), conversations))
+        first = self._reserve(len(conversations))
+        jobs = [(first + i, c, {**opts, "seed": s}) for i, (c, s) in enumerate(zip(conversations, seeds))]
+        return self._map(lambda job: self._one(*job), jobs)
 
     def choice_probs(self, conversations: list[Messages], choices: list[str], top_logprobs: int = 20) -> ChoiceProbs:
         """Next-token probabilities of one-token ``choices`` (e.g. ``"1".."5"``) from one-token completions with
@@ -147,7 +251,10 @@ class OpenAICompatibleChat:
         n, k = len(conversations), len(choices)
         probs, mass = np.full((n, k), np.nan), np.zeros(n)
 
-        def one(conv):
+        first = self._reserve(n) if n else 0
+
+        def one(item):
+            i, conv = item
             body = {"model": self.model, "messages": conv, "temperature": 0.0, "max_tokens": 1,
                     "logprobs": True, "top_logprobs": int(top_logprobs), **self.extra_body}
             path = self._cache_path(self.cache_key(body))
@@ -156,17 +263,12 @@ class OpenAICompatibleChat:
                 with self._lock:
                     self.stats["cache_hits"] += 1
                 return json.loads(cached)
-            top = self._post_with_retries(body, self._post_top_logprobs)
+            top = self._post_with_retries(body, first + i, self._top_logprobs)
             if path is not None:
                 self._cache_put(path, body, json.dumps(top))
             return top
 
-        workers = min(self.concurrency, max(1, n))
-        if workers == 1:
-            tops = [one(c) for c in conversations]
-        else:
-            with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="chat") as pool:
-                tops = list(pool.map(one, conversations))
+        tops = self._map(one, list(enumerate(conversations)))
         for i, top in enumerate(tops):
             row = np.zeros(k)
             for item in top:
@@ -179,9 +281,8 @@ class OpenAICompatibleChat:
                 probs[i] = row / mass[i]
         return ChoiceProbs(probs, mass)
 
-    def _post_top_logprobs(self, body: dict) -> list[dict]:
+    def _top_logprobs(self, payload: dict, endpoint: _Endpoint) -> list[dict]:
         """The first generated token's ``top_logprobs`` list (``[{"token", "logprob"}, ...]``)."""
-        payload = self._post_payload(body)
         try:
             first = payload["choices"][0]
         except (KeyError, IndexError, TypeError):
@@ -189,16 +290,18 @@ class OpenAICompatibleChat:
         logprobs = first.get("logprobs") if isinstance(first, dict) else None
         content = logprobs.get("content") if isinstance(logprobs, dict) else None
         if not content:
-            raise ChatBackendError(
-                f"{self.url} (model {self.model!r}) returned no logprobs: this server or model does not support "
-                "'logprobs'/'top_logprobs' on chat completions; use judge_mode='json' instead")
+            raise ChatBackendError(self._where(
+                f"{endpoint.url} (model {self.model!r}) returned no logprobs: this server or model does not support "
+                "'logprobs'/'top_logprobs' on chat completions (transformers serve ignores them); use "
+                "judge_mode='json' instead"))
         top = content[0].get("top_logprobs") if isinstance(content[0], dict) else None
         if not isinstance(top, list):
             top = [{"token": content[0].get("token"), "logprob": content[0].get("logprob")}]
         return [{"token": t.get("token"), "logprob": t.get("logprob")} for t in top if isinstance(t, dict)]
 
     def request_body(self, conversation: Messages, opts: dict) -> dict:
-        """The JSON body sent for one conversation (also what the cache key hashes)."""
+        """The JSON body sent for one conversation (also what the cache key hashes). ``opts["seed"]`` must be
+        this request's own seed (an int or None)."""
         body = {"model": self.model, "messages": conversation, "temperature": float(opts["temperature"]),
                 "max_tokens": int(opts["max_new_tokens"])}
         for key in ("top_p", "seed", "stop"):
@@ -207,7 +310,10 @@ class OpenAICompatibleChat:
         return {**body, **self.extra_body}
 
     def cache_key(self, body: dict) -> str:
-        blob = json.dumps({"format": CACHE_FORMAT, "request": body}, sort_keys=True, ensure_ascii=False)
+        """The hash of the request and the SET of endpoints (sorted): a reply from server A is never returned for
+        server B, and it does not matter which replica of a list served it."""
+        blob = json.dumps({"format": CACHE_FORMAT, "endpoints": sorted(self.base_urls), "request": body},
+                          sort_keys=True, ensure_ascii=False)
         return hashlib.sha256(blob.encode()).hexdigest()
 
     # ------------------------------------------------------------------ cache
@@ -224,12 +330,12 @@ class OpenAICompatibleChat:
             logger.warning("ignoring unreadable chat cache entry %s", path)
             return None
 
-    @staticmethod
-    def _cache_put(path: Path, body: dict, reply: str) -> None:
-        atomic_write(path, json.dumps({"format": CACHE_FORMAT, "request": body, "reply": reply}, ensure_ascii=False))
+    def _cache_put(self, path: Path, body: dict, reply: str) -> None:
+        atomic_write(path, json.dumps({"format": CACHE_FORMAT, "endpoints": sorted(self.base_urls), "request": body,
+                                       "reply": reply}, ensure_ascii=False))
 
     # ------------------------------------------------------------------ one request
-    def _one(self, conversation: Messages, opts: dict) -> str:
+    def _one(self, slot: int, conversation: Messages, opts: dict) -> str:
         body = self.request_body(conversation, opts)
         cacheable = self.cache_dir is not None and (opts["temperature"] == 0 or opts.get("seed") is not None)
         path = self._cache_path(self.cache_key(body)) if cacheable else None
@@ -237,8 +343,8 @@ class OpenAICompatibleChat:
         if cached is not None:
             with self._lock:
                 self.stats["cache_hits"] += 1
-            return cached
-        reply = self._post_with_retries(body)
+            return cut_at_stop(cached, opts.get("stop"))
+        reply = cut_at_stop(self._post_with_retries(body, slot, self._content), opts.get("stop"))
         if path is not None:
             self._cache_put(path, body, reply)
         return reply
@@ -250,52 +356,99 @@ class OpenAICompatibleChat:
             delay = max(delay, min(retry_after, self.backoff_max))
         return delay
 
-    def _post_with_retries(self, body: dict, post: Callable[[dict], Any] | None = None):
-        last = "no attempt made"
+    def _where(self, message: str) -> str:
+        return f"{self.run_label}: {message}" if self.run_label else message
+
+    def _post_with_retries(self, body: dict, slot: int = 0, read: Callable[[dict, _Endpoint], Any] | None = None):
+        """POST ``body`` to replica ``slot mod n`` (the next replica on each retry) until it succeeds, a
+        non-retryable error, ``max_retries`` retries or the ``deadline`` — whichever comes first."""
+        read = read or self._content
+        started = time.monotonic()
+        last, attempts, out_of_time = "no attempt made", 0, False
         for attempt in range(self.max_retries + 1):
+            endpoint = self.endpoints[(slot + attempt) % len(self.endpoints)]
+            remaining = None if self.deadline is None else self.deadline - (time.monotonic() - started)
+            if remaining is not None and remaining <= 0:
+                out_of_time = True
+                break
+            attempts += 1
             try:
-                return (post or self._post)(body)
+                return read(self._post_payload(endpoint, body, remaining), endpoint)
             except _Retryable as err:
-                last = str(err)
+                last = str(err) if len(self.endpoints) == 1 else f"{err} (from {endpoint.base_url})"
                 if attempt == self.max_retries:
                     break
                 delay = self._delay(attempt, err.retry_after)
+                if self.deadline is not None:
+                    left = self.deadline - (time.monotonic() - started)
+                    if left <= delay:
+                        out_of_time = True
+                        break
                 with self._lock:
                     self.stats["retries"] += 1
-                logger.warning("%s: %s; retry %d/%d in %.1fs", self.url, last, attempt + 1, self.max_retries, delay)
+                logger.warning("%s: %s; retry %d/%d in %.1fs", endpoint.url, err, attempt + 1, self.max_retries,
+                               delay)
                 self.sleep(delay)
-        raise EndpointUnavailableError(
-            f"{self.url} (model {self.model!r}) failed {self.max_retries + 1} times; last error: {last}. Check that "
-            "the server is up and reachable at base_url, or raise max_retries/timeout. Work already done is kept "
-            "(replies are cached and the LRL loop resumes after its last completed batch): rerun the same command.")
+        names = self.setting_names
+        why = (f"the {self.deadline:g} s deadline ran out after {attempts} attempts" if out_of_time
+               else f"failed {attempts} times")
+        raise EndpointUnavailableError(self._where(
+            f"{', '.join(self.base_urls)} (model {self.model!r}) {why} in {time.monotonic() - started:.0f} s; "
+            f"last error: {last}. Check that the server is up and reachable at {names['base_url'].rstrip('=')}, or "
+            f"raise {names['deadline']} (total per request), {names['read_timeout']} (per attempt) or "
+            f"{names['max_retries']}. Work already done is kept (replies are cached, and the LRL loop and the "
+            "simulation resume after their last completed step): rerun the same command."))
 
-    def _post(self, body: dict) -> str:
-        payload = self._post_payload(body)
+    def _content(self, payload: dict, endpoint: _Endpoint) -> str:
         try:
-            content = payload["choices"][0]["message"].get("content")
+            choice = payload["choices"][0]
+            content = choice["message"].get("content")
         except (KeyError, IndexError, TypeError, AttributeError):
             raise _Retryable("the reply has no choices[0].message") from None
-        return content if isinstance(content, str) else ""
+        if not isinstance(content, str):
+            reason = choice.get("finish_reason") if isinstance(choice, dict) else None
+            raise ChatBackendError(self._where(
+                f"{endpoint.url} (model {self.model!r}) returned message content {content!r} (finish_reason "
+                f"{reason!r}) instead of text: nothing was cached. A null content usually means the server "
+                "answered with a tool call or refused; check the model and the request"))
+        return content
 
-    def _post_payload(self, body: dict) -> dict:
-        """POST one request; the decoded JSON reply (retryable failures raise :class:`_Retryable`)."""
+    def _post_payload(self, endpoint: _Endpoint, body: dict, remaining: float | None = None) -> dict:
+        """POST one request to ``endpoint``; the decoded JSON reply (retryable failures raise :class:`_Retryable`).
+        Connecting may take ``connect_timeout``; each read of the reply ``read_timeout`` (or what is left of the
+        deadline)."""
         data = json.dumps(body).encode()
-        headers = {"Content-Type": "application/json", "Accept": "application/json"}
+        headers = {"Content-Type": "application/json", "Accept": "application/json",
+                   "Content-Length": str(len(data))}
         key = os.environ.get(self.api_key_env, "") if self.api_key_env else ""
         if key:
             headers["Authorization"] = f"Bearer {key}"
-        request = urllib.request.Request(self.url, data=data, headers=headers, method="POST")
+        connect = self.connect_timeout if remaining is None else max(0.05, min(self.connect_timeout, remaining))
+        read = self.read_timeout if remaining is None else max(0.05, min(self.read_timeout, remaining))
         with self._lock:
             self.stats["requests"] += 1
+            self.stats["per_endpoint"][endpoint.base_url] += 1
+        conn = endpoint.connection(connect)
         try:
-            with self._opener.open(request, timeout=self.timeout) as resp:
-                raw = resp.read()
-        except urllib.error.HTTPError as err:
-            self._raise_for_status(err)
-        except (urllib.error.URLError, socket.timeout, TimeoutError, ConnectionError,
-                http.client.HTTPException, OSError) as err:
-            reason = getattr(err, "reason", err)
-            raise _Retryable(f"connection error ({type(reason).__name__}: {reason})") from None
+            try:
+                conn.connect()
+            except (socket.timeout, TimeoutError) as err:
+                raise _Retryable(f"connect timeout after {connect:g} s ({type(err).__name__})") from None
+            except OSError as err:
+                raise _Retryable(f"connection error ({type(err).__name__}: {err})") from None
+            conn.sock.settimeout(read)
+            try:
+                conn.request("POST", endpoint.target(), body=data, headers=headers)
+                resp = conn.getresponse()
+                status, raw = resp.status, resp.read()
+            except (socket.timeout, TimeoutError):
+                raise _Retryable(f"read timeout: no reply within {read:g} s") from None
+            except (http.client.HTTPException, OSError) as err:
+                raise _Retryable(f"connection error ({type(err).__name__}: {err})") from None
+        finally:
+            conn.close()
+        if status >= 400:
+            self._raise_for_status(endpoint, status, raw, resp.getheader("Retry-After"))
         try:
             payload = json.loads(raw)
         except ValueError:
@@ -303,28 +456,28 @@ class OpenAICompatibleChat:
         if not isinstance(payload, dict):
             raise _Retryable("the reply is not a JSON object")
         if payload.get("error"):
-            raise ChatBackendError(f"{self.url} returned an error: {str(payload['error'])[:300]}")
+            raise ChatBackendError(self._where(f"{endpoint.url} returned an error: {str(payload['error'])[:300]}"))
         return payload
 
-    def _raise_for_status(self, err: urllib.error.HTTPError):
-        status = err.code
-        try:
-            detail = err.read(300).decode("utf-8", "replace").strip()
-        except Exception:  # noqa: BLE001 - the body is only a hint
-            detail = ""
-        finally:
-            err.close()
+    def _raise_for_status(self, endpoint: _Endpoint, status: int, raw: bytes, retry_after) -> None:
+        detail = raw[:300].decode("utf-8", "replace").strip()
+        names = self.setting_names
         if status in (401, 403):
             set_or_not = "is set but was rejected" if os.environ.get(self.api_key_env) else "is not set"
-            raise ConfigurationError(
-                f"{self.url} answered HTTP {status} (unauthorized): the API key environment variable "
+            raise ConfigurationError(self._where(
+                f"{endpoint.url} answered HTTP {status} (unauthorized): the API key environment variable "
                 f"{self.api_key_env!r} {set_or_not}. Export a valid key in {self.api_key_env}, or pass "
-                "api_key_env='<NAME>' to read it from another variable.") from None
+                f"{names['api_key_env']}<NAME> to read it from another variable."))
         if status == 404:
-            raise ConfigurationError(
-                f"{self.url} answered HTTP 404 (not found): check base_url (the API root, usually ending in '/v1'; "
-                f"got {self.base_url!r}) and model (got {self.model!r}; it must be a model this server serves). "
-                f"Server said: {detail[:200]}") from None
+            raise ConfigurationError(self._where(
+                f"{endpoint.url} answered HTTP 404 (not found): check {names['base_url'].rstrip('=')} (the API root, "
+                f"usually ending in '/v1'; got {endpoint.base_url!r}) and {names['model'].rstrip('=')} (got "
+                f"{self.model!r}; it must be a model this server serves). Server said: {detail[:200]}"))
+        pinned = _PINNED.search(detail)
+        if status == 400 and pinned:
+            raise ConfigurationError(self._where(
+                f"{endpoint.url} serves only {pinned.group(1)!r} and refused model {self.model!r} (transformers "
+                f"serve requires the exact served path): pass {names['model']}{pinned.group(1)!r}"))
         if status in _RETRY_STATUS or status >= 500:
-            raise _Retryable(f"HTTP {status}", _retry_after(err.headers.get("Retry-After") if err.headers else None))
-        raise ChatBackendError(f"{self.url} answered HTTP {status}: {detail[:300]}") from None
+            raise _Retryable(f"HTTP {status}", _retry_after(retry_after))
+        raise ChatBackendError(self._where(f"{endpoint.url} answered HTTP {status}: {detail[:300]}"))

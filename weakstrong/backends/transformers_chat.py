@@ -7,14 +7,34 @@ from typing import Any, Callable
 import numpy as np
 import torch
 
-from .base import ChoiceProbs, Messages, check_conversations, normalize_sampling
+from .base import ChoiceProbs, Messages, check_conversations, cut_at_stop, normalize_sampling, request_seeds
 
 
-def _cut_at_stop(text: str, stop: list[str] | None) -> str:
-    if not stop:
-        return text
-    cut = min((i for i in (text.find(s) for s in stop) if i >= 0), default=-1)
-    return text if cut < 0 else text[:cut]
+class _RowSampler:
+    """A logits processor that samples each row of a batch with its own ``torch.Generator``.
+
+    It applies temperature and top-p itself, draws one token per row from that row's generator, and leaves only
+    that token finite, so that greedy decoding (``do_sample=False``) picks it. A row consumes exactly one draw of
+    its own generator per step, whatever the other rows do: its reply depends on its seed and its prompt only.
+    """
+
+    def __init__(self, seeds: list[int], temperature: float, top_p: float | None, device):
+        self.generators = [torch.Generator(device=device).manual_seed(int(s)) for s in seeds]
+        self.temperature = float(temperature)
+        self.top_p = top_p
+
+    def __call__(self, input_ids, scores):
+        logits = scores.float() / self.temperature
+        if self.top_p is not None and self.top_p < 1.0:
+            ordered, idx = torch.sort(logits, descending=True, dim=-1)
+            cum = torch.softmax(ordered, dim=-1).cumsum(-1)
+            drop = cum - torch.softmax(ordered, dim=-1) >= self.top_p  # keep the smallest set reaching top_p
+            logits = logits.scatter(-1, idx, ordered.masked_fill(drop, float("-inf")))
+        probs = torch.softmax(logits, dim=-1)
+        picked = torch.stack([torch.multinomial(p, 1, generator=g)[0] for p, g in zip(probs, self.generators)])
+        out = torch.full_like(scores, float("-inf"))
+        out.scatter_(-1, picked[:, None], 0.0)
+        return out
 
 
 class TransformersChat:
@@ -31,6 +51,17 @@ class TransformersChat:
 
     Conversations are rendered with the tokenizer's chat template (``add_generation_prompt=True``); a tokenizer
     without one gets the plain ``role: content`` transcript followed by ``assistant:``.
+
+    Sampling (``temperature > 0``) and ``seed``:
+
+    * ``seed=[s0, s1, ...]`` (one per conversation): each conversation samples from its own ``torch.Generator``
+      seeded with its seed, so its reply depends on its prompt and its seed only — not on the other conversations,
+      their order, or ``batch_size`` (up to the floating-point effect of left padding on the logits, as for
+      greedy decoding). The same seeds give the same replies on every call.
+    * ``seed=s`` (one int): the global torch RNG is seeded once per call (and restored afterwards); the replies
+      are reproducible for the same batch and ``batch_size``, but a conversation's reply depends on the rest of
+      the batch (the rows share one random stream).
+    * no seed: fresh draws from the global RNG.
     """
 
     def __init__(self, model="default", tokenizer=None, batch_size: int = 8, max_new_tokens: int = 256,
@@ -133,13 +164,14 @@ class TransformersChat:
 
         conversations = check_conversations(conversations)
         opts = normalize_sampling(self.defaults, sampling)
+        request_seeds(opts, len(conversations))  # a seed list of the wrong length fails here, greedy or not
         prompts = [self.render(c) for c in conversations]
         if opts["temperature"] == 0:
             texts = generate_completions(self.model, self.tokenizer, prompts, int(opts["max_new_tokens"]),
                                          self.batch_size, progress)
         else:
             texts = self._sample(prompts, opts, progress)
-        return [_cut_at_stop(t, opts.get("stop")) for t in texts]
+        return [cut_at_stop(t, opts.get("stop")) for t in texts]
 
     @torch.no_grad()
     def _sample(self, prompts: list[str], opts: dict, progress) -> list[str]:
@@ -149,17 +181,27 @@ class TransformersChat:
         side, tok.padding_side = tok.padding_side, "left"
         pad_id = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
         device = next(model.parameters()).device
+        seeds = request_seeds(opts, len(prompts))
+        per_row = isinstance(opts.get("seed"), list)
         out: list[str] = []
         try:
             with torch.random.fork_rng(devices=[] if device.type == "cpu" else [device]):
-                if opts.get("seed") is not None:
+                if opts.get("seed") is not None and not per_row:
                     torch.manual_seed(int(opts["seed"]))
                 for i in range(0, len(prompts), self.batch_size):
                     enc = tok(prompts[i: i + self.batch_size], return_tensors="pt", padding=True,
                               add_special_tokens=False).to(device)
-                    gen = model.generate(**enc, do_sample=True, temperature=float(opts["temperature"]),
-                                         top_p=opts.get("top_p") or 1.0, top_k=None,
-                                         max_new_tokens=int(opts["max_new_tokens"]), pad_token_id=pad_id)
+                    common = dict(max_new_tokens=int(opts["max_new_tokens"]), pad_token_id=pad_id, top_k=None)
+                    if per_row:
+                        from transformers import LogitsProcessorList
+
+                        sampler = _RowSampler(seeds[i: i + self.batch_size], opts["temperature"], opts.get("top_p"),
+                                              device)
+                        gen = model.generate(**enc, do_sample=False, temperature=None, top_p=None,
+                                             logits_processor=LogitsProcessorList([sampler]), **common)
+                    else:
+                        gen = model.generate(**enc, do_sample=True, temperature=float(opts["temperature"]),
+                                             top_p=opts.get("top_p") or 1.0, **common)
                     out += tok.batch_decode(gen[:, enc["input_ids"].shape[1]:], skip_special_tokens=True)
                     if progress is not None:
                         progress(enc["input_ids"].shape[0])
