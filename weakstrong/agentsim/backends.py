@@ -27,7 +27,15 @@ class TransformersBackend(TransformersChat):
 
 class OpenAICompatibleBackend(OpenAICompatibleChat):
     """Any OpenAI-compatible ``/chat/completions`` server; same arguments as
-    :class:`weakstrong.backends.OpenAICompatibleChat` (``base_url``, ``model``, ``api_key_env``, ``concurrency``...)."""
+    :class:`weakstrong.backends.OpenAICompatibleChat` (``base_url`` — one URL or a list of replicas served
+    round-robin —, ``model``, ``api_key_env``, ``concurrency`` in total over the replicas...). Error messages name
+    the recipe's ``backend.*`` keys unless ``run_label``/``setting_names`` are given."""
+
+    def __init__(self, base_url, model, *args, **kwargs):
+        kwargs.setdefault("run_label", "the agent simulation (weakstrong agentsim)")
+        kwargs.setdefault("setting_names", {k: f"backend.{k}: " for k in (
+            "base_url", "model", "api_key_env", "connect_timeout", "read_timeout", "deadline", "max_retries")})
+        super().__init__(base_url, model, *args, **kwargs)
 
 
 class ScriptedBackend:
@@ -106,23 +114,21 @@ def backend_identity(backend: ChatBackend) -> dict:
 
 
 def generate_seeded(backend: ChatBackend, conversations: list, seeds: list[int], **sampling) -> list[str]:
-    """One reply per conversation, request ``i`` sampled with ``seeds[i]``.
+    """One reply per conversation, request ``i`` sampled with ``seeds[i]``, in ONE ``generate`` call when the
+    backend takes one seed per conversation (``seed=[...]``: :class:`TransformersChat` gives each conversation its
+    own generator, :class:`OpenAICompatibleChat` sends each request its own seed over its replicas, ``concurrency``
+    at a time; :class:`ScriptedBackend`; any backend with ``per_conversation_seeds = True``).
 
-    * A backend that takes one seed per conversation (``per_conversation_seeds = True``, ``seed=[...]``) gets the
-      whole batch in one call.
-    * A local batched model (:class:`TransformersChat`) samples a batch from one generator: it gets one call seeded
-      with ``seeds[0]``; its rows still sample independently, so equal prompts in a batch get different replies.
-    * Any other backend gets one call per conversation with its own seed, ``backend.concurrency`` (default 1) at a
-      time, so an HTTP client's concurrency limit is used.
+    Any other backend gets one call per conversation with its own seed, ``backend.concurrency`` (default 1) at a
+    time: slower, but two requests never share a seed.
     """
     if len(seeds) != len(conversations):
         raise ValueError(f"{len(seeds)} seeds for {len(conversations)} conversations")
     if not conversations:
         return []
-    if getattr(backend, "per_conversation_seeds", False):
+    if isinstance(backend, (TransformersChat, OpenAICompatibleChat)) or getattr(backend, "per_conversation_seeds",
+                                                                               False):
         return backend.generate(conversations, seed=[int(s) for s in seeds], **sampling)
-    if isinstance(backend, TransformersChat):
-        return backend.generate(conversations, seed=int(seeds[0]), **sampling)
 
     def one(i):
         replies = backend.generate([conversations[i]], seed=int(seeds[i]), **sampling)

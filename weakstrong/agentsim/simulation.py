@@ -207,12 +207,14 @@ class Simulation:
             for r in store.rows("SELECT c.id, c.post_id, c.agent_id FROM comments c JOIN posts p ON p.id = c.post_id "
                                 "WHERE p.tick >= ? AND p.tick < ? ORDER BY c.id", window):
                 comments_on.setdefault(r["post_id"], []).append(r)
-            for sql in ("SELECT r.agent_id, r.target_type, r.target_id FROM reactions r JOIN posts p ON "
-                        "r.target_type = 'post' AND p.id = r.target_id WHERE p.tick >= ? AND p.tick < ?",
-                        "SELECT r.agent_id, r.target_type, r.target_id FROM reactions r JOIN comments c ON "
-                        "r.target_type = 'comment' AND c.id = r.target_id JOIN posts p ON p.id = c.post_id "
-                        "WHERE p.tick >= ? AND p.tick < ?"):
-                reacted.update((r["agent_id"], r["target_type"], r["target_id"]) for r in store.rows(sql, window))
+            # reactions on the window's posts and their comments, by id range (window ids are contiguous; rows of
+            # other targets inside a range are harmless: only exact keys are looked up)
+            comment_ids = [r["id"] for group in comments_on.values() for r in group]
+            for kind, ids in (("post", [c["id"] for c in candidates]), ("comment", comment_ids)):
+                if ids:
+                    reacted.update((r["agent_id"], r["target_type"], r["target_id"]) for r in store.rows(
+                        "SELECT agent_id, target_type, target_id FROM reactions WHERE target_type = ? AND "
+                        "target_id >= ? AND target_id <= ?", (kind, min(ids), max(ids))))
 
         weights = np.array([float(cfg.action_weights.get(a, 0.0)) for a in ACTIONS])
         weights = weights / weights.sum()

@@ -262,7 +262,12 @@ class SQLiteStore(Store):
 
     def _check_integrity(self, check: str) -> None:
         pragma = "quick_check" if check == "quick" else "integrity_check"
-        problems = [r[0] for r in self.conn.execute(f"PRAGMA {pragma}(20)").fetchall()]
+        try:
+            problems = [r[0] for r in self.conn.execute(f"PRAGMA {pragma}(20)").fetchall()]
+        except sqlite3.DatabaseError as err:
+            if "not a database" in str(err) or "encrypted" in str(err):
+                raise
+            problems = [f"the check itself failed: {err}"]
         if problems != ["ok"]:
             raise StoreError(f"{self.path} is damaged: PRAGMA {pragma} reports {len(problems)} problem(s), first: "
                              f"{problems[0]!r}. Its results cannot be trusted: restore a backup or start a new "
@@ -421,7 +426,7 @@ class PostgresStore(Store):
 
     def _lost(self, err) -> StoreConnectionError:
         return StoreConnectionError(
-            f"lost the connection to PostgreSQL at {self.path} ({str(err).strip() or type(err).__name__}). The "
+            f"lost the connection to PostgreSQL at {self.path} ({' '.join(str(err).split()) or type(err).__name__}). The "
             "open transaction, if any, was rolled back by the server: nothing of it is written. Rerun the same "
             "command to resume after the last completed tick.")
 
