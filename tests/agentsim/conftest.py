@@ -88,9 +88,12 @@ def _free_port() -> int:
 
 
 class PostgresCluster:
-    """A throw-away cluster: trust auth on 127.0.0.1 only, unix socket in its own temp dir, fsync off (tests)."""
+    """A throw-away cluster: trust auth on 127.0.0.1 only, unix socket in its own temp dir. ``durable=False`` (tests)
+    turns fsync off; ``durable=True`` (benchmarks) keeps fsync and only defers commit flushes
+    (``synchronous_commit=off``, like SQLite's WAL with ``synchronous=NORMAL``)."""
 
-    def __init__(self):
+    def __init__(self, durable: bool = False):
+        self.durable = durable
         self.dir = Path(tempfile.mkdtemp(prefix="weakstrong-pg-"))
         self.data = self.dir / "data"
         self.port = _free_port()
@@ -110,7 +113,9 @@ class PostgresCluster:
                   "--no-sync", "--no-instructions")
         (self.data / "pg_hba.conf").write_text("host all all 127.0.0.1/32 trust\n")
         opts = (f"-c listen_addresses=127.0.0.1 -p {self.port} -k {self.dir} -c unix_socket_permissions=0700 "
-                "-c fsync=off -c full_page_writes=off -c synchronous_commit=off -c max_connections=50")
+                "-c synchronous_commit=off -c max_connections=50")
+        if not self.durable:
+            opts += " -c fsync=off -c full_page_writes=off"
         try:
             self._run(PG_BIN / "pg_ctl", "-D", self.data, "-l", self.dir / "server.log", "-w", "-t", "60", "-o", opts,
                       "start")

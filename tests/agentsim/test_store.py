@@ -313,3 +313,23 @@ def test_a_tick_reads_no_table_in_full(tmp_path):
             assert f"SCAN {table}" not in plan, (sql, plan)
         if "FROM reactions" in sql:  # an index on the target type alone would read every reaction of that type
             assert "target_id>?" in plan, (sql, plan)
+
+
+def test_recipe_steps_on_a_store_url(store_url, tmp_path, reference):
+    """simulate → telemetry → export → report through the recipe's ``store`` (SQLite path or postgresql:// URL)."""
+    from weakstrong.agentsim.cli import run_export, run_report, run_simulate
+    from weakstrong.agentsim.export import export_pairs
+
+    recipe = {"run_dir": str(tmp_path / "run"), "store": store_url, "backend": {"type": "scripted"},
+              "simulation": SMALL, "export": {"split": "agent", "held_out_fraction": 0.2, "min_engagement": 0}}
+    run_simulate(recipe, max_ticks=3, telemetry=False)
+    run_simulate(recipe, telemetry=False)  # resumes at tick 3
+    assert dump(open_store(store_url)) == reference
+    dd = run_export(recipe)
+    assert (tmp_path / "run" / "pairs" / "dataset_dict.json").is_file()
+    assert dd.counts["split"]["held_out"] and dd.counts["train_pairs"] > 0
+    # the same export from the in-memory reference run: the store does not change the pairs
+    ref = Simulation(SimulationConfig(**SMALL), ScriptedBackend(), None)
+    ref.run()
+    assert dd.counts == export_pairs(ref.store, recipe["export"], verbose=False).counts
+    assert "Rows: agents 8" in run_report(recipe, report_dir=tmp_path / "report").read_text()

@@ -34,7 +34,8 @@ def run_simulate(recipe: dict, max_ticks: int | None = None, telemetry: bool = T
         print(f"  tick {tick + 1}/{cfg.total_ticks} (day {row['day'] + 1}): active {row['active_agents']}, posts "
               f"{row['posts']}, comments {row['comments']}, reactions {row['reactions']}, follows {row['follows']}, "
               f"rewrites {row['episodic_rewrites']}+{row['semantic_rewrites']}, belief events {row['belief_events']} "
-              f"[{time.time() - t0:.0f}s]", flush=True)
+              f"[generate {sim.last_timing.get('generate', 0):.1f}s, write {sim.last_timing.get('write', 0):.2f}s; "
+              f"{time.time() - t0:.0f}s]", flush=True)
 
     counts = sim.run(progress=progress, max_ticks=max_ticks)
     print("rows:", json.dumps(counts))
