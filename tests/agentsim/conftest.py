@@ -44,6 +44,37 @@ class LogprobServer(FakeOpenAIServer):
         return {"id": "x", "object": "chat.completion", "model": body.get("model"), "choices": [choice]}
 
 
+class SeedEchoServer(FakeOpenAIServer):
+    """Replies with the request's seed (and its endpoint), holding each request ``delay`` s, counting how many
+    are in flight at once."""
+
+    def __init__(self, delay: float = 0.05):
+        super().__init__()
+        self.delay, self.in_flight, self.max_in_flight = delay, 0, 0
+
+    def reply(self, body: dict) -> dict:
+        with self.lock:
+            self.in_flight += 1
+            self.max_in_flight = max(self.max_in_flight, self.in_flight)
+        try:
+            import time as _time
+
+            _time.sleep(self.delay)
+            text = f"Post with seed {body.get('seed')} from port {self.server_address[1]}."
+        finally:
+            with self.lock:
+                self.in_flight -= 1
+        return {"id": "x", "object": "chat.completion", "model": body.get("model"),
+                "choices": [{"index": 0, "message": {"role": "assistant", "content": text}, "finish_reason": "stop"}]}
+
+
+@pytest.fixture
+def seed_echo_servers():
+    """Two replicas of one 'model' that echo each request's seed."""
+    with _LRL.serving(SeedEchoServer()) as a, _LRL.serving(SeedEchoServer()) as b:
+        yield a, b
+
+
 @pytest.fixture
 def logprob_server():
     with _LRL.serving(LogprobServer()) as server:

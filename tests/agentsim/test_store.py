@@ -333,3 +333,20 @@ def test_recipe_steps_on_a_store_url(store_url, tmp_path, reference):
     ref.run()
     assert dd.counts == export_pairs(ref.store, recipe["export"], verbose=False).counts
     assert "Rows: agents 8" in run_report(recipe, report_dir=tmp_path / "report").read_text()
+
+
+def test_a_phase_goes_out_concurrently_over_replicas_each_request_with_its_seed(seed_echo_servers, tmp_path):
+    from weakstrong.agentsim import OpenAICompatibleBackend
+
+    a, b = seed_echo_servers
+    backend = OpenAICompatibleBackend([a.base_url, b.base_url], "m", concurrency=4, cache_dir=None)
+    cfg = SimulationConfig(agents=6, days=1, ticks_per_day=2, actions_per_tick=2, action_weights={"post": 1.0},
+                           episodic_every=50, seed=2, archetypes=["Poet"])
+    sim = Simulation(cfg, backend, tmp_path / "http.db")
+    sim.run()
+    requests = a.requests + b.requests
+    assert len(a.requests) > 0 and len(b.requests) > 0  # round-robin over both replicas
+    assert max(a.max_in_flight, b.max_in_flight) > 1 or a.max_in_flight + b.max_in_flight > 2  # concurrent
+    seeds = [r["body"]["seed"] for r in requests]
+    assert len(set(seeds)) == len(seeds) == sim.store.counts()["posts"]  # one seed per request, never shared
+    assert {p[4].split()[3] for p in sim.store.table("posts")} == {str(s) for s in seeds}
