@@ -138,9 +138,23 @@ class Store:
     def close(self) -> None:  # pragma: no cover - interface
         raise NotImplementedError
 
-    def writer_lock(self, wait: float = 10.0):  # pragma: no cover - interface
-        """Context manager: exclusive right to write this run (waits up to ``wait`` seconds, then StoreError)."""
+    def _acquire_writer(self, wait: float):  # pragma: no cover - interface
+        """Take the run's writer lock (waiting up to ``wait`` s, then StoreError); returns the function releasing it."""
         raise NotImplementedError
+
+    @contextlib.contextmanager
+    def writer_lock(self, wait: float = 10.0):
+        """Exclusive right to write this run, re-entrant within this object: waits up to ``wait`` seconds for
+        another writer, then raises :class:`StoreError` naming it."""
+        depth = getattr(self, "_lock_depth", 0)
+        release = None if depth else self._acquire_writer(wait)
+        self._lock_depth = depth + 1
+        try:
+            yield
+        finally:
+            self._lock_depth = depth
+            if release is not None:
+                release()
 
     def __enter__(self):
         return self
@@ -235,7 +249,6 @@ class SQLiteStore(Store):
 
     def __init__(self, path: str | Path = ":memory:", timeout: float = 30.0, check: str | None = "quick"):
         self.path = str(path)
-        self._lock_depth, self._lock_file = 0, None
         existing = self.path != ":memory:" and Path(self.path).is_file() and Path(self.path).stat().st_size > 0
         if self.path != ":memory:":
             parent = Path(self.path).expanduser().resolve().parent
@@ -300,21 +313,14 @@ class SQLiteStore(Store):
         row = self.conn.execute(sql, params).fetchone()
         return None if row is None else row[0]
 
-    @contextlib.contextmanager
-    def writer_lock(self, wait: float = 10.0):
-        """An exclusive ``flock`` on ``<file>-writer.lock`` (re-entrant within this object); none for ``:memory:``."""
-        if self.path == ":memory:" or self._lock_depth:
-            self._lock_depth += 1
-            try:
-                yield
-            finally:
-                self._lock_depth -= 1
-            return
+    def _acquire_writer(self, wait: float):
+        """An exclusive ``flock`` on ``<file>-writer.lock``; nothing for ``:memory:`` or without ``fcntl``."""
         try:
             import fcntl
         except ImportError:  # no flock (Windows): rely on the in-transaction tick check alone
-            yield
-            return
+            fcntl = None
+        if self.path == ":memory:" or fcntl is None:
+            return lambda: None
         lock_path = self.path + "-writer.lock"
         f = open(lock_path, "a+")
         deadline = time.monotonic() + wait
@@ -336,14 +342,13 @@ class SQLiteStore(Store):
         f.truncate()
         f.write(f"pid {os.getpid()} on {socket.gethostname()}")
         f.flush()
-        self._lock_depth, self._lock_file = 1, f
-        try:
-            yield
-        finally:
-            self._lock_depth, self._lock_file = 0, None
+
+        def release():
             f.truncate(0)
             fcntl.flock(f.fileno(), fcntl.LOCK_UN)
             f.close()
+
+        return release
 
 
 # ================================================================================================== PostgreSQL
@@ -399,7 +404,6 @@ class PostgresStore(Store):
             query=urllib.parse.urlencode([(k, v) for k, v in query if k != "schema"])))
         self.schema = schema
         self.path = _redact(url) if "schema=" in url or schema == "public" else f"{_redact(url)} (schema {schema})"
-        self._lock_depth = 0
         try:
             self.conn = psycopg.connect(conninfo, autocommit=True, connect_timeout=int(max(1, connect_timeout)),
                                         application_name=f"weakstrong-agentsim pid {os.getpid()}")
@@ -481,15 +485,7 @@ class PostgresStore(Store):
         digest = hashlib.sha256(f"weakstrong-agentsim:{self.schema}".encode()).digest()
         return int.from_bytes(digest[:4], "big", signed=True)
 
-    @contextlib.contextmanager
-    def writer_lock(self, wait: float = 10.0):
-        if self._lock_depth:
-            self._lock_depth += 1
-            try:
-                yield
-            finally:
-                self._lock_depth -= 1
-            return
+    def _acquire_writer(self, wait: float):
         key = self._lock_key()
         deadline = time.monotonic() + wait
         while not self.scalar("SELECT pg_try_advisory_lock(?, ?)", (self._LOCK_CLASS, key)):
@@ -505,16 +501,15 @@ class PostgresStore(Store):
                     "to finish or stop it, then rerun this command to resume. Readers (export, telemetry, report) "
                     "need no lock.")
             time.sleep(0.05)
-        self._lock_depth = 1
-        try:
-            yield
-        finally:
-            self._lock_depth = 0
+
+        def release():
             if not (self.conn.closed or self.conn.broken):
                 try:
                     self.execute("SELECT pg_advisory_unlock(?, ?)", (self._LOCK_CLASS, key))
                 except StoreError:
                     pass  # connection lost: the server released the lock with the session
+
+        return release
 
 
 def open_store(spec=None, **kwargs) -> Store:
