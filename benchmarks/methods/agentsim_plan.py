@@ -20,6 +20,7 @@ from pathlib import Path
 import numpy as np
 
 from weakstrong.agentsim import ScriptedBackend, Simulation, SimulationConfig
+from weakstrong.agentsim.memory import SELF_MODEL_QUESTIONS
 from weakstrong.agentsim.recipe import load_recipe
 
 OUT = Path(__file__).resolve().parent / "results"
@@ -45,7 +46,24 @@ def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--config", required=True)
     parser.add_argument("--days", type=int, default=1)
+    parser.add_argument("--estimate", default=None, metavar="REQUESTS_JSON",
+                        help="skip the dry run: size a full run from the saved plan and a real run's per-request "
+                             "figures (benchmarks/methods/agentsim_requests.py --out)")
+    parser.add_argument("--prefill-tok-s", type=float, default=10_000.0, help="assumed prompt tokens/s per server")
+    parser.add_argument("--decode-tok-s", type=float, default=60.0, help="assumed reply tokens/s of one sequence")
     args = parser.parse_args(argv)
+    if args.estimate:
+        recipe = load_recipe(args.config)
+        cfg = SimulationConfig.from_dict(recipe["simulation"])
+        plan = json.loads((OUT / f"agentsim_plan_{Path(args.config).stem}.json").read_text())
+        from weakstrong.agentsim import make_agents
+        from weakstrong.agentsim.archetypes import identity_prompt
+
+        ident = float(np.mean([len(identity_prompt(a)) for a in make_agents(cfg.agents, cfg.archetypes, cfg.seed)]))
+        est = estimate(plan, json.loads(Path(args.estimate).read_text()), cfg, cfg.days,
+                       prefill_tok_s=args.prefill_tok_s, decode_tok_s_per_seq=args.decode_tok_s, identity_chars=ident)
+        print(json.dumps(est, indent=1))
+        return est
     recipe = load_recipe(args.config)
     cfg = SimulationConfig.from_dict({**recipe["simulation"], "days": args.days})
     backend = CountingBackend(cfg)
@@ -76,6 +94,48 @@ def main(argv=None):
     path.write_text(json.dumps(summary, indent=1))
     print(json.dumps(summary, indent=1))
     print(f"wrote {path}")
+
+
+
+def estimate(plan: dict, per_request: dict, cfg: SimulationConfig, days: int, servers=(1, 2, 4, 8),
+             prefill_tok_s: float = 10_000.0, decode_tok_s_per_seq: float = 60.0, identity_chars: float = 0.0):
+    """Requests, tokens and hours of a ``days``-day run of ``cfg`` from a dry run's per-day request counts.
+
+    Prompts are sized at steady state from the budgets (memories full, feeds full) with the chars-per-token
+    ratio measured in a real run (``per_request``); replies at their budgets (the 135M model used 95-99% of
+    them; a capable model stops earlier, so this is an upper bound). Time per tick, phase by phase (a phase
+    waits for its last reply): ``prompt tokens of the phase / (N · prefill_tok_s) + reply budget /
+    decode_tok_s_per_seq`` — prefill is throughput-bound and splits over N servers, decoding one reply is
+    latency-bound and does not. Memory phases run in the ticks that have a rewrite.
+    """
+    cpt = per_request["chars_per_prompt_token"]
+    mem = 2 * cfg.memory_budget  # narrative + self-model in the system prompt
+    feed = cfg.feed_size * (280 + 30) + 250
+    recent = cfg.recent_posts_in_rewrite * min(cfg.post_max_chars, cfg.post_max_new_tokens * 4)
+    prompt_chars = {"post": identity_chars + mem + feed, "comment": identity_chars + mem + 280 + 150,
+                    "episodic": identity_chars + cfg.memory_budget + recent + 450,
+                    "semantic": identity_chars + cfg.memory_budget + 100}
+    budget = {"post": cfg.post_max_new_tokens, "comment": cfg.comment_max_new_tokens,
+              "episodic": cfg.memory_max_new_tokens, "semantic": max(48, cfg.memory_max_new_tokens // 3)}
+    posts = plan["phases"]["post"]["requests_per_day"] * days
+    requests = {"post": posts, "comment": plan["phases"]["comment"]["requests_per_day"] * days,
+                "episodic": posts / cfg.episodic_every, "semantic": len(SELF_MODEL_QUESTIONS) * posts / cfg.semantic_every}
+    ticks = cfg.ticks_per_day * days
+    rows = {}
+    for phase in requests:
+        rows[phase] = {"requests": requests[phase], "prompt_tokens": requests[phase] * prompt_chars[phase] / cpt,
+                       "reply_tokens": requests[phase] * budget[phase],
+                       "ticks_with_phase": min(ticks, requests[phase] / (len(SELF_MODEL_QUESTIONS) if phase == "semantic"
+                                                                      else 1))}
+    hours = {}
+    for n in servers:
+        seconds = 0.0
+        for phase, r in rows.items():
+            seconds += r["prompt_tokens"] / (n * prefill_tok_s) + r["ticks_with_phase"] * budget[phase] / decode_tok_s_per_seq
+        hours[n] = seconds / 3600
+    return {"requests": rows, "ticks": ticks, "hours_by_servers": hours,
+            "assumptions": {"prefill_tok_s_per_server": prefill_tok_s, "decode_tok_s_per_sequence": decode_tok_s_per_seq,
+                            "chars_per_token": cpt, "identity_chars": identity_chars}}
 
 
 if __name__ == "__main__":

@@ -158,14 +158,19 @@ def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--pg-url", default=None, help="a postgresql:// URL, 'auto' (private cluster) or none")
     parser.add_argument("--out", default=str(OUT))
+    parser.add_argument("--no-memory", action="store_true",
+                        help="control run: no memory rewrites (stored prompts keep one size), results *_no_memory.*")
     parser.add_argument("--render", action="store_true", help="only redraw the table and plot from the saved JSON")
     parser.add_argument("--baseline", default=None, help="also time the simulation of this git revision (e.g. main)")
     args = parser.parse_args(argv)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
+    stem = "agentsim_store_no_memory" if args.no_memory else "agentsim_store"
+    if args.no_memory:
+        CONFIG.update(episodic_every=10**9, semantic_every=10**9)
     if args.render:
-        saved = json.loads((out / "agentsim_store.json").read_text())
-        return write_outputs(saved["meta"], saved["results"], out)
+        saved = json.loads((out / f"{stem}.json").read_text())
+        return write_outputs(saved["meta"], saved["results"], out, stem)
     results, cluster = [], None
     with tempfile.TemporaryDirectory() as tmp:
         results.append(run(os.path.join(tmp, "bench.db"), "SQLite (file, WAL)"))
@@ -191,20 +196,20 @@ def main(argv=None):
     meta = {"config": CONFIG, "backend": "ScriptedBackend (sha256 of the conversation; no model)",
             "command": "python benchmarks/methods/agentsim_store.py " + " ".join(argv or sys.argv[1:]),
             "pg_startup_s": None if cluster is None else cluster.startup_s, "load_average": os.getloadavg()}
-    (out / "agentsim_store.json").write_text(json.dumps({"meta": meta, "results": results}, indent=1))
-    write_outputs(meta, results, out)
+    (out / f"{stem}.json").write_text(json.dumps({"meta": meta, "results": results}, indent=1))
+    write_outputs(meta, results, out, stem)
 
 
-def write_outputs(meta, results, out):
+def write_outputs(meta, results, out, stem="agentsim_store"):
     md = markdown(results)
     for r in results:
         if "rows_written" not in r:
             md += (f"\n\n{r['store']}: {len(r['per_tick'])} ticks in {r['wall_s']:.1f} s; whole tick (with the fake "
                    "generation) by day: " + ", ".join(f"{v:.0f} ms" for v in r["ms_per_tick_by_day"]) + ".")
-    (out / "agentsim_store.md").write_text(md + "\n")
-    plot(results, out / "agentsim_store.png")
+    (out / f"{stem}.md").write_text(md + "\n")
+    plot(results, out / f"{stem}.png")
     print(md)
-    print(f"wrote {out / 'agentsim_store.md'}, .json, .png")
+    print(f"wrote {out / stem}.md, .json, .png")
 
 
 if __name__ == "__main__":
