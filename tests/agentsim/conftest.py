@@ -143,16 +143,21 @@ class PostgresCluster:
         self._run(PG_BIN / "initdb", "-D", self.data, "-U", "postgres", "-A", "trust", "-E", "UTF8", "--locale=C",
                   "--no-sync", "--no-instructions")
         (self.data / "pg_hba.conf").write_text("host all all 127.0.0.1/32 trust\n")
-        opts = (f"-c listen_addresses=127.0.0.1 -p {self.port} -k {self.dir} -c unix_socket_permissions=0700 "
-                "-c synchronous_commit=off -c max_connections=50")
-        if not self.durable:
-            opts += " -c fsync=off -c full_page_writes=off"
-        try:
-            self._run(PG_BIN / "pg_ctl", "-D", self.data, "-l", self.dir / "server.log", "-w", "-t", "60", "-o", opts,
-                      "start")
-        except subprocess.CalledProcessError as err:
-            log = (self.dir / "server.log").read_text() if (self.dir / "server.log").is_file() else ""
-            raise RuntimeError(f"pg_ctl start failed: {err.stderr}\n{log[-2000:]}") from None
+        for attempt in range(3):  # another process may take the free port first: pick a new one
+            opts = (f"-c listen_addresses=127.0.0.1 -p {self.port} -k {self.dir} -c unix_socket_permissions=0700 "
+                    "-c synchronous_commit=off -c max_connections=50")
+            if not self.durable:
+                opts += " -c fsync=off -c full_page_writes=off"
+            try:
+                self._run(PG_BIN / "pg_ctl", "-D", self.data, "-l", self.dir / "server.log", "-w", "-t", "60", "-o",
+                          opts, "start")
+                break
+            except subprocess.CalledProcessError as err:
+                log = (self.dir / "server.log").read_text() if (self.dir / "server.log").is_file() else ""
+                if attempt == 2 or "could not bind" not in log:
+                    raise RuntimeError(f"pg_ctl start failed: {err.stderr}\n{log[-2000:]}") from None
+                self.port = _free_port()
+                self.url = f"postgresql://postgres@127.0.0.1:{self.port}/postgres"
         self.startup_s = time.perf_counter() - t0
 
     def stop(self):
