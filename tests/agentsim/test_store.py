@@ -350,3 +350,39 @@ def test_a_phase_goes_out_concurrently_over_replicas_each_request_with_its_seed(
     seeds = [r["body"]["seed"] for r in requests]
     assert len(set(seeds)) == len(seeds) == sim.store.counts()["posts"]  # one seed per request, never shared
     assert {p[4].split()[3] for p in sim.store.table("posts")} == {str(s) for s in seeds}
+
+
+def test_a_database_without_a_recorded_backend_records_the_first_one_resumed(tmp_path, caplog):
+    """Databases written before backends were recorded resume once, with a warning, and are then checked."""
+    from weakstrong.agentsim import OpenAICompatibleBackend
+
+    path = tmp_path / "old.db"
+    Simulation(SimulationConfig(**SMALL), ScriptedBackend(), path).run(max_ticks=2)
+    store = SQLiteStore(path)
+    store.execute("DELETE FROM meta WHERE key = 'backend'")
+    store.close()
+    other = OpenAICompatibleBackend("http://127.0.0.1:11/v1", "model-b", cache_dir=None)
+    with caplog.at_level("WARNING"):
+        Simulation(SimulationConfig(**SMALL), other, path)
+    assert "does not record which backend started it" in caplog.text
+    with pytest.raises(StoreError, match="another backend"):
+        Simulation(SimulationConfig(**SMALL), ScriptedBackend(), path)
+
+
+def test_no_transaction_is_open_while_generating(store_url):
+    state = {"calls": 0}
+
+    def fn(conv, opts):
+        store = state["sim"].store
+        if store.dialect == "sqlite":
+            assert not store.conn.in_transaction
+        else:
+            from psycopg.pq import TransactionStatus
+
+            assert store.conn.info.transaction_status == TransactionStatus.IDLE
+        state["calls"] += 1
+        return default_script(conv, opts)
+
+    state["sim"] = Simulation(SimulationConfig(**SMALL), ScriptedBackend(fn), store_url)
+    state["sim"].run()
+    assert state["calls"] > 40  # every request of the run was checked
