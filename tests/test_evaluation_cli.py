@@ -75,7 +75,7 @@ def test_evaluate_does_not_read_an_echoed_strategy_as_the_answer(monkeypatch):
     model, tok = tiny_model("llama")
     task = MeetingRoomsTask()
     ds = task.generate(4, seed=3, difficulty="hard")
-    strategy = "Find the peak number of overlapping meetings. Answer YES if it fits the rooms, otherwise NO."
+    strategy = "Find the peak number of overlapping meetings. If it exceeds the rooms, end with the line Answer: NO"
     monkeypatch.setattr("weakstrong.evaluation.generate_completions", lambda *a, **k: [strategy] * len(ds))
     result = evaluate(model, tok, task, ds, strategy=strategy)
     assert result["unparseable"] == len(ds) and result["accuracy"] == 0.0

@@ -102,8 +102,21 @@ def test_bad_arguments_name_the_problem():
         ("Answer: **NO**", "NO"),
         ("At first I thought NO. Re-checking: peak 2 <= 2.\nAnswer: YES", "YES"),
         ("Answer: NO\n...wait.\nAnswer: YES", "YES"),  # the FINAL answer line wins
-        ("They all fit, so yes", "YES"),  # no answer line: the last YES/NO token
-        ("Answer: maybe. I think not... NO", "NO"),
+        ("NO\nThe peak is 3 and there are 2 rooms.", "NO"),  # a line that is only the answer
+        ("The peak is 2.\n**YES**.", "YES"),
+        ("Answer:\nYES", "YES"),
+        ("So the answer is NO.", "NO"),
+        ("Final answer: **YES** (peak 2 <= 2 rooms)", "YES"),
+        ("Answer: YES, no meeting overlaps.", "YES"),
+        # prose that states no answer is unparseable, never the last yes/no word (issue 15, defect 1)
+        ("They all fit, so yes", None),
+        ("there is no conflict", None),
+        ("Yes, they fit. No meeting overlaps", None),
+        ("I cannot say yes or no", None),
+        ("I cannot say whether the answer is yes or no", None),
+        ("Answer: YES or NO", None),
+        ("Answer: maybe. I think not... NO", None),  # the LAST statement decides, and it states no answer
+        ("Answer: YES\nHmm, checking again.\nAnswer: unsure", None),
         ("I cannot tell.", None),
         ("", None),
         ("YESTERDAY was busy", None),
@@ -115,8 +128,12 @@ def test_meeting_rooms_parses_the_final_answer(text, expected):
 
 @pytest.mark.parametrize(
     "text,expected",
-    [("12 + 3 = 15\nAnswer: 15", "15"), ("Answer: 1,234", "1234"), ("so the total is 42.", "42"),
-     ("Answer: 7\nAnswer: 8", "8"), ("no idea", None), ("Answer: -3", "-3")],
+    [("12 + 3 = 15\nAnswer: 15", "15"), ("Answer: 1,234", "1234"), ("Answer: 7\nAnswer: 8", "8"),
+     ("no idea", None), ("Answer: -3", "-3"), ("The answer is 12 apples.", "12"), ("\\boxed{42}", "42"),
+     ("12 + 3 = 15\n15", "15"), ("Answer: Ava has 15 now", "15"),
+     # prose and alternatives are not answers
+     ("so the total is 42.", None), ("12 + 3 = 15", None), ("Answer: 12 or 13", None),
+     ("15\nThen she gives 3 away", None)],
 )
 def test_arithmetic_parses_the_final_answer(text, expected):
     assert ArithmeticTask().parse_answer(text) == expected
@@ -178,31 +195,57 @@ STRATEGY = ("1. List the meetings and sort them by start time.\n"
             "3. Answer YES if it is at most the number of rooms, otherwise NO.")
 
 
+STRATEGY_WITH_ANSWER = STRATEGY + "\n4. If the peak exceeds the rooms, end with the line Answer: NO"
+
+
 @pytest.mark.parametrize("text, expected", [
     # a pure echo of the strategy (list markers, case and spacing changed) is no answer
     ("List the meetings and sort them by start time\n  answer yes if it is at most the number of rooms,  otherwise no.",
      None),
-    # the model's own reasoning after an echo is read
-    ("Answer YES if it is at most the number of rooms, otherwise NO.\nThe peak is 2 and there are 3 rooms, so YES.",
+    # the model's own final answer after an echo is read
+    ("Answer YES if it is at most the number of rooms, otherwise NO.\nThe peak is 2 and there are 3 rooms.\nAnswer: YES",
      "YES"),
     # a short genuine final line is never dropped, even though its words occur in the strategy
     ("3. Answer YES if it is at most the number of rooms, otherwise NO.\nAnswer: NO", "NO"),
+    # a copied strategy line that holds an answer statement is not the model's answer
+    ("4. If the peak exceeds the rooms, end with the line Answer: NO", None),
 ])
 def test_an_echoed_strategy_is_not_an_answer(text, expected):
     task = MeetingRoomsTask()
-    assert task.parse_answer(text, echo=STRATEGY) == expected
-    assert task.parse_answer(text) is not None  # without the echo the fallback would read the strategy's "NO"
+    assert task.parse_answer(text, echo=STRATEGY_WITH_ANSWER) == expected
 
 
 def test_score_and_verify_take_the_echo():
     task = MeetingRoomsTask()
     rows = [{"answer": "NO", "difficulty": "easy"}, {"answer": "YES", "difficulty": "easy"}]
-    echo_only = "Answer YES if it is at most the number of rooms, otherwise NO."
-    completions = [echo_only, echo_only + "\nPeak 1, rooms 2: YES"]
-    assert task.score(rows, completions)["accuracy"] == 1.0  # the echo read as NO happens to be "right"
-    scored = task.score(rows, completions, echo=STRATEGY)
+    echo_only = "4. If the peak exceeds the rooms, end with the line Answer: NO"
+    completions = [echo_only, echo_only + "\nPeak 1, rooms 2.\nAnswer: YES"]
+    assert task.score(rows, completions)["accuracy"] == 1.0  # without the echo, the copy reads as NO: "right"
+    scored = task.score(rows, completions, echo=STRATEGY_WITH_ANSWER)
     assert scored["unparseable"] == 1 and scored["accuracy"] == 0.5 and scored["confusion"]["NO"] == {"unparseable": 1}
-    assert not task.verify(rows[0], echo_only, echo=STRATEGY) and task.verify(rows[0], echo_only)
+    assert not task.verify(rows[0], echo_only, echo=STRATEGY_WITH_ANSWER) and task.verify(rows[0], echo_only)
+
+
+def test_a_truncated_copy_of_the_strategy_is_never_an_answer():
+    """Issue 15, defect 1: with a 48-token budget the embedded teacher's replies were the strategy cut off at
+    "4. Answer YES if it is" (19 characters once cleaned, under the old 20-character copy threshold): read as YES,
+    they made a fake 62.5% teacher accuracy. A copy is recognised by its verbatim run of words, however short the
+    last line is, and also when it is the whole reply."""
+    from weakstrong.lrl.prompts import initial_strategy
+
+    task = MeetingRoomsTask()
+    strategy = initial_strategy(task)
+    from weakstrong.tasks.base import strip_echo
+
+    cut = strategy[: strategy.index("4. Answer YES if it is") + len("4. Answer YES if it is")]
+    for text in (cut, "4. Answer YES if it is", "Answer YES if it is at", "4. Answer YES if it i",
+                 "3. Compare that number with the rooms available.\n4. Answer"):
+        assert task.parse_answer(text, echo=strategy) is None, text
+        assert strip_echo(text, task.instruction, strategy).strip() == "", text
+    # the model's own short answer after the copy still counts, and genuine reasoning lines stay
+    assert task.parse_answer(cut + "\nPeak 3 > 2 rooms.\nAnswer: NO", echo=strategy) == "NO"
+    assert strip_echo(cut + "\nThe peak is 3 at time 10, so it is more than the rooms.", strategy) == \
+        "The peak is 3 at time 10, so it is more than the rooms."
 
 
 def test_a_copied_instruction_is_not_an_answer():
@@ -223,6 +266,22 @@ def test_is_copy_needs_most_of_the_line_in_one_run():
 
     source = echo_source("Find the largest number of meetings in progress at the same moment.")
     assert is_copy("2. find the LARGEST number of meetings in progress", source)
+    assert is_copy("meetings in progress at", source)  # short, but a verbatim run of 4 words
     assert is_copy("We find the largest number of meetings in progress at the same time", source)  # ends differ
     assert not is_copy("the largest number is 3 at 10, above the 2 rooms we have", source)
-    assert not is_copy("in progress", source)  # short lines never count
+    assert not is_copy("in progress", source)  # fewer than ECHO_RUN_WORDS words alone never count
+
+
+@pytest.mark.parametrize("n", [1, 2, 3, 4, 5, 7, 8, 11, 20, 37])
+def test_labels_are_balanced_within_one_over_the_whole_set(n):
+    """Issue 15, defect 7: an odd count per difficulty always got the extra YES (test_problems: 3 was all YES,
+    always-majority 100%). The extra now alternates over the difficulties: the set is within ±1, and so is
+    every difficulty."""
+    rows = MeetingRoomsTask().generate_rows(n, seed=n)
+    labels = Counter(r["answer"] for r in rows)
+    assert abs(labels["YES"] - labels["NO"]) <= 1 and sum(labels.values()) == n
+    for d in ("easy", "medium", "hard"):
+        per = Counter(r["answer"] for r in rows if r["difficulty"] == d)
+        assert abs(per["YES"] - per["NO"]) <= 1
+    if n == 3:
+        assert labels == {"YES": 2, "NO": 1}

@@ -2,13 +2,41 @@
 
 Each subcommand lives in its own module exposing ``add_arguments(parser)`` and ``main(args)``; this file only
 wires them up, so adding a method means adding one line to ``COMMANDS``.
+
+Errors the user must fix (a bad YAML file, an unknown setting, a wrong type, a run directory that holds another
+run...) raise :class:`UserError`: every subcommand prints its message alone, as ``weakstrong <command>: error:
+<message>``, and exits with status 2. ``--debug`` (anywhere on the command line) or ``WEAKSTRONG_DEBUG=1`` shows
+the traceback instead. Library code raises :class:`UserError` or a subclass (``class ConfigError(UserError,
+ValueError)`` keeps ``except ValueError`` working).
 """
 
 from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import sys
+
+
+class UserError(Exception):
+    """Something the user must fix, with a message that names the problem and what to do; ``weakstrong`` prints
+    it without a traceback (see the module docstring)."""
+
+
+def debug_requested(argv: list[str] | None = None) -> bool:
+    """``--debug`` on the command line or ``WEAKSTRONG_DEBUG`` set to a true value."""
+    env = os.environ.get("WEAKSTRONG_DEBUG", "").strip().lower()
+    return env not in ("", "0", "false", "no", "off") or "--debug" in (sys.argv[1:] if argv is None else argv)
+
+
+def user_error_types() -> tuple[type[BaseException], ...]:
+    """What counts as a user error at the top level: :class:`UserError` and malformed YAML."""
+    try:
+        import yaml
+
+        return (UserError, yaml.YAMLError)
+    except ImportError:  # pragma: no cover - pyyaml is a dependency
+        return (UserError,)
 
 # name -> (module, one-line help)
 COMMANDS = {
@@ -23,7 +51,8 @@ COMMANDS = {
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="weakstrong", description="Post-training methods that make small models strong.")
+    parser = argparse.ArgumentParser(prog="weakstrong", description="Post-training methods that make small models strong.",
+                                     epilog="--debug (anywhere) or WEAKSTRONG_DEBUG=1: show tracebacks of user errors.")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name, (module, help_text) in COMMANDS.items():
         p = sub.add_parser(name, help=help_text, description=help_text)
@@ -33,12 +62,22 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    debug = debug_requested(argv)
+    argv = [a for a in argv if a != "--debug"]
     parser = build_parser()
     args = parser.parse_args(argv)
     if not getattr(args, "command", None):
         parser.print_help()
         return 0
-    return int(importlib.import_module(args._module).main(args) or 0)
+    try:
+        return int(importlib.import_module(args._module).main(args) or 0)
+    except user_error_types() as err:
+        if debug:
+            raise
+        print(f"weakstrong {args.command}: error: {err}", file=sys.stderr)
+        print("(run with --debug or WEAKSTRONG_DEBUG=1 for the traceback)", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

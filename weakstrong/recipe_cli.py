@@ -7,8 +7,10 @@ Each of them is a TrlParser over (script arguments, trainer config, model config
 from __future__ import annotations
 
 import argparse
+import ast
 import json
 import os
+import re
 
 
 def add_passthrough_arguments(parser, example_config: str, epilog: str) -> None:
@@ -34,6 +36,38 @@ def passthrough_argv(args, default_output_dir: str) -> list[str]:
     return argv
 
 
+def parse_recipe(parser, argv=None):
+    """``parser.parse_args_and_config(argv)`` with every configuration mistake — unreadable or malformed YAML,
+    an unknown setting, a wrong type, a value the config rejects — raised as a
+    :class:`~weakstrong.cli.UserError` naming the recipe file (printed without a traceback by ``weakstrong``)."""
+    import yaml
+
+    from .cli import UserError
+
+    argv = list(argv or [])
+    source = argv[argv.index("--config") + 1] if "--config" in argv[:-1] else "the command line"
+
+    def error(message):  # argparse would print the whole usage (hundreds of SFTConfig flags) and exit
+        raise UserError(f"{message} (see --help for the settings)")
+
+    parser.error = error
+    try:
+        return parser.parse_args_and_config(args=argv)
+    except UserError:
+        raise
+    except FileNotFoundError as err:
+        raise UserError(f"{source}: no such file ({err.filename or err})") from err
+    except yaml.YAMLError as err:
+        raise UserError(f"{source} is not valid YAML: {err}") from err
+    except (ValueError, TypeError) as err:
+        unknown = re.match(r"Unknown arguments from config file: (\[.*?\])", str(err))
+        if unknown:
+            names = [a.lstrip("-") for a in ast.literal_eval(unknown.group(1)) if a.startswith("--")]
+            raise UserError(f"{source}: unknown settings {names}; remove them or fix their spelling (--help lists "
+                            "the valid ones)") from err
+        raise UserError(f"{source}: {err}") from err
+
+
 def run_recipe(build_parser, run, argv=None) -> int:
     """Parse ``argv`` with ``build_parser()`` and call ``run(script, config, model_args)`` inside the process
     group of any number of processes (gloo on CPU; destroyed at exit), with the CPU-only trainer defaults."""
@@ -42,7 +76,7 @@ def run_recipe(build_parser, run, argv=None) -> int:
     with distributed_run():
         parser = build_parser()
         parser.set_defaults(**trainer_defaults())
-        script, config, model_args = parser.parse_args_and_config(args=argv)
+        script, config, model_args = parse_recipe(parser, argv)
         run(script, config, model_args)
     return 0
 

@@ -42,7 +42,7 @@ def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--output", default="/tmp/lrl_bench")
     p.add_argument("--student", default="default")
-    p.add_argument("--teacher", default="default", help="'default', a path, or http(s)://host/v1::model")
+    p.add_argument("--teacher", default="default", help="'default', a path, or an endpoint URL::MODEL (as weakstrong lrl --teacher)")
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     p.add_argument("--train-problems", type=int, default=20)
     p.add_argument("--batch-size", type=int, default=10)
@@ -80,7 +80,7 @@ def main(argv=None) -> int:
     from weakstrong.lrl import (LinguisticRLConfig, LinguisticRLStudentTrainer, ReflectionLoop, build_curriculum,
                                 curriculum_summary, evaluate, majority_baseline)
     from weakstrong.tasks import MeetingRoomsTask
-    from weakstrong.teachers import OpenAICompatibleTeacher, TransformersTeacher
+    from weakstrong.lrl.cli import LRLScriptArguments, make_teacher
 
     out = Path(args.output)
     out.mkdir(parents=True, exist_ok=True)
@@ -110,11 +110,7 @@ def main(argv=None) -> int:
                 | {"per_difficulty_balanced": per, "completions_head": r["completions"][:3],
                    "predictions": [task.parse_answer(c, echo=strat) for c in r["completions"]]})
 
-    if "::" in args.teacher:
-        base_url, model = args.teacher.split("::", 1)
-        teacher = OpenAICompatibleTeacher(base_url=base_url, model=model)
-    else:
-        teacher = TransformersTeacher(args.teacher, batch_size=16)
+    teacher = make_teacher(LRLScriptArguments(teacher=args.teacher, teacher_batch_size=16))  # as `weakstrong lrl`
     log(f"teacher: {teacher.name}")
     test_set = task.generate(args.test_problems, seed=args.test_seed)
     train = task.generate(args.train_problems, seed=42)

@@ -2,7 +2,7 @@
 
     python recipes/lrl/run.py --config recipes/lrl/config.yaml
     python recipes/lrl/run.py --config recipes/lrl/config.yaml \
-        --teacher_base_url http://localhost:8000/v1 --teacher_model Qwen/Qwen2.5-72B-Instruct
+        --teacher http://localhost:8000/v1::Qwen/Qwen2.5-72B-Instruct
 
 Same as ``weakstrong lrl --config recipes/lrl/config.yaml``. Rerunning with the same output_dir resumes the
 teacher loop after its last completed batch.

@@ -22,10 +22,12 @@ class ScriptedTeacher:
 
     name = "scripted"
 
-    def __init__(self, fail_after: int | None = None, garbage: bool = False, empty_distill: bool = False):
+    def __init__(self, fail_after: int | None = None, garbage: bool = False, empty_distill: bool = False,
+                 copy_strategy: bool = False):
         self.fail_after = fail_after
         self.garbage = garbage
         self.empty_distill = empty_distill
+        self.copy_strategy = copy_strategy  # solve replies = the prompt's strategy cut off mid-line (48-token run)
         self.calls: list[str] = []
 
     def reply(self, content: str) -> str:
@@ -40,6 +42,9 @@ class ScriptedTeacher:
             return f"New strategy:\n1. Sort meetings (seen {n} journal entries).\n2. Count the peak overlap.\n3. Compare."
         if self.garbage:
             return "I am not sure about this one."
+        if self.copy_strategy:
+            strategy = content.split("Strategy:\n", 1)[1].split("\n\n", 1)[0]
+            return strategy[: strategy.find("4. Answer YES if it is") + len("4. Answer YES if it is")]
         rooms = int(re.search(r"Rooms available: (\d+)", content).group(1))
         return f"Rooms {rooms}, so probably.\nAnswer: {'YES' if rooms >= 2 else 'NO'}"
 

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
+import pytest
 import yaml
 
-from weakstrong.cli import main as cli_main
+from weakstrong.cli import UserError, main as cli_main
 from weakstrong.lrl.cli import build_parser
 
 RECIPE = Path(__file__).resolve().parents[2] / "recipes" / "lrl" / "config.yaml"
@@ -30,7 +32,7 @@ def test_weakstrong_lrl_subcommand_end_to_end(openai_server, tmp_path, monkeypat
     tok.save_pretrained(tmp_path / "student")
     cfg = yaml.safe_load(RECIPE.read_text())
     cfg.update({"model_name_or_path": str(tmp_path / "student"), "output_dir": str(tmp_path / "out"),
-                "teacher_base_url": openai_server.base_url, "teacher_model": "scripted", "train_problems": 8,
+                "teacher": f"{openai_server.base_url}::scripted", "train_problems": 8,
                 "batch_size": 4, "distill_every": 2, "test_problems": 6, "curriculum_size": 8, "max_steps": 1,
                 "per_device_train_batch_size": 4, "evaluation_max_new_tokens": 8, "disable_tqdm": True})
     path = tmp_path / "config.yaml"
@@ -46,3 +48,44 @@ def test_weakstrong_lrl_subcommand_end_to_end(openai_server, tmp_path, monkeypat
     # a rerun costs the endpoint nothing: loop resumed, evaluation replies cached
     assert cli_main(["lrl", "--config", str(path)]) == 0
     assert len(openai_server.requests) == n_requests
+
+
+@pytest.mark.parametrize("command", ["lrl", "lrl-student", "wmss"])
+@pytest.mark.parametrize("content, message", [
+    ("max_steps: [3\n", r"is not valid YAML.*line 1"),
+    ("max_steps: 3\nnot_a_key: 1\n", r"unknown settings \['not_a_key'\]"),
+    ("max_steps: abc\n", r"argument --max_steps.*invalid int value: 'abc'"),
+    ("batch_size: 0\n", r"\['batch_size'\] must be integers >= 1"),
+])
+def test_config_errors_print_the_message_alone(command, content, message, tmp_path, capsys, monkeypatch):
+    if command == "wmss" and "batch_size: 0" in content:
+        pytest.skip("batch_size is a setting of the LRL teacher loop")
+    monkeypatch.delenv("WEAKSTRONG_DEBUG", raising=False)
+    path = tmp_path / "bad.yaml"
+    path.write_text(content)
+    assert cli_main([command, "--config", str(path), "--output_dir", str(tmp_path / "out")]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"weakstrong {command}: error: ") and re.search(message, err, re.S), err
+    assert "Traceback" not in err and "usage:" not in err and "--debug" in err
+    # the traceback with --debug (anywhere) or WEAKSTRONG_DEBUG=1
+    with pytest.raises(UserError):
+        cli_main([command, "--debug", "--config", str(path), "--output_dir", str(tmp_path / "out")])
+    monkeypatch.setenv("WEAKSTRONG_DEBUG", "1")
+    with pytest.raises(UserError):
+        cli_main([command, "--config", str(path), "--output_dir", str(tmp_path / "out")])
+
+
+def test_one_way_to_name_an_endpoint(tmp_path, capsys):
+    """Issue 15, defect 6: `weakstrong lrl --teacher URL::MODEL` was read as a model path (OSError)."""
+    from weakstrong.lrl.cli import LRLScriptArguments, make_teacher
+
+    teacher = make_teacher(LRLScriptArguments(teacher="http://127.0.0.1:9/v1,http://127.0.0.1:10/v1::org/m",
+                                              teacher_model_alias="m", teacher_read_timeout=5, teacher_deadline=30))
+    assert teacher.base_urls == ["http://127.0.0.1:9/v1", "http://127.0.0.1:10/v1"] and teacher.model == "org/m"
+    assert (teacher.read_timeout, teacher.deadline, teacher.identity) == (5, 30, "openai:m")
+    assert teacher.setting_names["deadline"] == "--teacher_deadline"
+    for argv, message in ((["--teacher", "http://127.0.0.1:9/v1"], "names no model: use URL::MODEL"),
+                          (["--teacher_base_url", "http://127.0.0.1:9/v1", "--teacher_model", "m"],
+                           "replaced by one setting: --teacher URL::MODEL \\(here: --teacher http://127.0.0.1:9/v1::m\\)")):
+        assert cli_main(["lrl", *argv, "--output_dir", str(tmp_path / "out")]) == 2
+        assert re.search(message, capsys.readouterr().err)

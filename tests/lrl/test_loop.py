@@ -64,10 +64,19 @@ def test_unparseable_batch_is_recorded_and_loop_goes_on(scripted_teacher, tmp_pa
     assert "no parseable answer" in caplog.text
 
 
-def test_empty_distillation_keeps_the_strategy(scripted_teacher, tmp_path):
+def test_empty_distillation_keeps_the_strategy_and_its_version(scripted_teacher, tmp_path):
+    """Issue 15, defect 8: a rejected distillation keeps the strategy AND its version (the report said v2 for the
+    text of v0); the attempt is logged in distillations.jsonl, and a rerun does not ask it again."""
     result = _loop(scripted_teacher(empty_distill=True), tmp_path).run(_problems(8))
-    assert result.strategies[-1]["source"].startswith("kept")
-    assert result.strategy == result.strategies[0]["text"]
+    assert result.strategy == result.strategies[0]["text"] and result.strategy_version == 0
+    assert [s["version"] for s in result.strategies] == [0] and not (tmp_path / "strategies" / "v001.txt").exists()
+    attempts = [json.loads(x) for x in (tmp_path / "distillations.jsonl").read_text().splitlines()]
+    assert [(a["after_batch"], a["accepted"], a["source"]) for a in attempts] == [
+        (2, False, "kept (no usable distillation)")]
+    assert result.metrics[-1]["teacher/distillations"] == 1 and result.metrics[-1]["teacher/strategies_accepted"] == 0
+    again = scripted_teacher(empty_distill=True)
+    _loop(again, tmp_path).run(_problems(8))
+    assert again.calls == []
 
 
 @pytest.mark.parametrize("crash_after", [3, 5, 9, 14])
@@ -110,12 +119,113 @@ def test_torn_last_line_is_repaired(scripted_teacher, tmp_path):
     assert len(lines) == 8 and all(json.loads(x) for x in lines)
 
 
-def test_resume_refuses_different_problems(scripted_teacher, tmp_path):
+class _Renamed:
+    """The scripted teacher under another name (another model behind the same code)."""
+
+    def __init__(self, teacher, name):
+        self.teacher, self.name = teacher, name
+
+    def generate(self, conversations, **sampling):
+        return self.teacher.generate(conversations, **sampling)
+
+
+@pytest.mark.parametrize("change, named", [
+    ({"teacher": "other-model"}, "teacher: saved 'scripted', now 'other-model'"),
+    ({"temperature": 0.7, "seed": 1}, "temperature: saved 0.0, now 0.7"),
+    ({"solve_max_new_tokens": 64}, "solve_max_new_tokens: saved 512, now 64"),
+    ({"reflect_max_new_tokens": 64}, "reflect_max_new_tokens: saved 512, now 64"),
+    ({"distill_max_new_tokens": 64}, "distill_max_new_tokens: saved 384, now 64"),
+    ({"journal_examples": 1}, "journal_examples: saved 3, now 1"),
+    ({"problems": 8}, "problems: saved"),
+])
+def test_resume_refuses_another_identity_naming_the_differences(scripted_teacher, tmp_path, change, named):
+    """Issue 15, defect 2: a rerun with another teacher, temperature or token budget silently continued the old
+    loop. Now it is refused with the differences and the flag to start afresh named; nothing is asked or written."""
+    from weakstrong.lrl.loop import LoopIdentityError
+
     _loop(scripted_teacher(), tmp_path).run(_problems(4))
-    with pytest.raises(ValueError, match="different.*problems.*new output_dir"):
-        _loop(scripted_teacher(), tmp_path).run(TASK.generate(4, seed=8))
+    before = {p.name: p.read_bytes() for p in tmp_path.iterdir() if p.is_file()}
+    change = dict(change)
+    teacher = scripted_teacher()
+    if "teacher" in change:
+        teacher = _Renamed(teacher, change.pop("teacher"))
+    problems = TASK.generate(4, seed=change.pop("problems")) if "problems" in change else _problems(4)
+    with pytest.raises(LoopIdentityError, match="made with other settings") as err:
+        _loop(teacher, tmp_path, **change).run(problems)
+    assert named in str(err.value) and "--restart_teacher_loop" in str(err.value)
+    assert getattr(teacher, "teacher", teacher).calls == []
+    assert {p.name: p.read_bytes() for p in tmp_path.iterdir() if p.is_file()} == before
     with pytest.raises(FileExistsError, match="resume=True"):
         _loop(scripted_teacher(), tmp_path, resume=False).run(_problems(4))
+
+
+def test_restart_moves_the_old_loop_aside(scripted_teacher, tmp_path):
+    run = tmp_path / "teacher"
+    _loop(scripted_teacher(), run).run(_problems(4))
+    old_journal = (run / "journal.md").read_text()
+    fresh = scripted_teacher()
+    _loop(_Renamed(fresh, "other-model"), run, restart=True).run(_problems(4))
+    assert len(fresh.calls) == 4 + 1 + 1  # everything asked again
+    assert json.loads((run / "meta.json").read_text())["teacher"] == "other-model"
+    aside = [p for p in tmp_path.iterdir() if p.name.startswith("teacher.replaced-")]
+    assert len(aside) == 1 and (aside[0] / "journal.md").read_text() == old_journal
+
+
+def test_an_endpoint_teacher_is_identified_by_its_model_not_its_address(openai_servers, tmp_path):
+    from weakstrong.lrl.loop import LoopIdentityError
+
+    a, b = openai_servers
+    _loop(OpenAICompatibleChat(a.base_url, "m", cache_dir=None), tmp_path).run(_problems(4))
+    # the same model behind another address (or more replicas) resumes: nothing is asked again
+    _loop(OpenAICompatibleChat([b.base_url, a.base_url], "m", cache_dir=None), tmp_path).run(_problems(4))
+    assert len(b.requests) == 0
+    with pytest.raises(LoopIdentityError, match="teacher: saved 'openai:m', now 'openai:other'"):
+        _loop(OpenAICompatibleChat(a.base_url, "other", cache_dir=None), tmp_path).run(_problems(4))
+
+
+@pytest.mark.parametrize("damage, match", [
+    (("meta.json", b'{"format": 1, "task"'), r"meta\.json is not valid JSON"),
+    (("results.jsonl", b"\x89PNG\r\n\x1a\n\x00\x00\xff\xfe garbage\n"), r"results\.jsonl: line 1 is not UTF-8 text"),
+    (("results.jsonl", b'{"index": 0, "problem": "x"}\n{"batch": 1}\n'), r"results\.jsonl: line 1 lacks \['batch'"),
+    (("journal.jsonl", b'{"batch": 1, "n"\n{"batch": 2}\n'), r"journal\.jsonl: line 1 is not valid JSON"),
+])
+def test_damaged_loop_files_are_named_with_their_line(scripted_teacher, tmp_path, damage, match):
+    """Issue 15, defect 8: a broken meta.json gave a bare JSONDecodeError, a binary results.jsonl a
+    UnicodeDecodeError, a row without 'batch' a KeyError — none naming the file."""
+    from weakstrong.lrl.store import LoopFileError
+
+    _loop(scripted_teacher(), tmp_path).run(_problems(4))
+    name, content = damage
+    (tmp_path / name).write_bytes(content)
+    with pytest.raises(LoopFileError, match=match) as err:
+        _loop(scripted_teacher(), tmp_path).run(_problems(4))
+    assert str(tmp_path / name) in str(err.value) and "--restart_teacher_loop" in str(err.value)
+
+
+def test_progress_is_shown_per_batch(scripted_teacher, tmp_path, capsys):
+    """Issue 15, defect 3: with tqdm on, one line per batch (problems solved, accuracy so far, journal,
+    distillations), also when the batch is read back from disk."""
+    result = _loop(scripted_teacher(), tmp_path, progress=True).run(_problems())
+    err = capsys.readouterr().err
+    lines = [x for x in err.splitlines() if x.startswith("LRL teacher batch")]
+    assert [x.split(":")[0] for x in lines] == ["LRL teacher batch 1/3", "LRL teacher batch 2/3", "LRL teacher batch 3/3"]
+    assert "12 problems solved" in lines[-1] and "journal 3 entries" in lines[-1] and "2 distillations" in lines[-1]
+    acc = sum(r["correct"] for r in result.results) / 12
+    assert f"accuracy so far {100 * acc:.1f}%" in lines[-1]
+    m = result.metrics[-1]
+    assert (m["teacher/problems_solved"], m["teacher/journal_entries"], m["teacher/distillations"]) == (12, 3, 2)
+    _loop(scripted_teacher(), tmp_path, progress=True).run(_problems())
+    assert "LRL teacher batch 2/3 (resumed from disk)" in capsys.readouterr().err
+
+
+def test_sampled_teacher_requests_carry_their_own_seeds(openai_server, tmp_path):
+    teacher = OpenAICompatibleChat(openai_server.base_url, "m", cache_dir=None)
+    _loop(teacher, tmp_path, temperature=0.7, seed=3).run(_problems(8))
+    seeds = [r["body"]["seed"] for r in openai_server.requests]
+    assert len(seeds) == 8 + 2 + 1 and len(set(seeds)) == len(seeds)
+    openai_server.requests.clear()
+    _loop(teacher, tmp_path / "again", temperature=0.7, seed=3).run(_problems(8))
+    assert sorted(r["body"]["seed"] for r in openai_server.requests) == sorted(seeds)  # reproducible
 
 
 def test_endpoint_down_is_a_clear_error_and_resume_point_is_kept(openai_server, tmp_path):
@@ -152,3 +262,20 @@ def test_clean_strategy_drops_copied_instruction_and_loops():
                        "4. Answer NO if the peak exceeds the rooms.")
     # a short genuine line that shares words with the instruction stays
     assert clean_strategy("1. Keep what worked: sort by start.\n2. Fix the ties: ends free rooms.", 2000).count("\n") == 1
+
+
+def test_copies_of_the_strategy_are_not_answers_and_never_enter_the_curriculum(scripted_teacher, tmp_path):
+    """Issue 15, defect 1: every solve reply is the strategy cut off at "4. Answer YES if it is" (what the embedded
+    teacher wrote with a 48-token budget). Read as YES, that made a fake 62.5% teacher accuracy and put copies in
+    the curriculum as teacher-verified YES rationales. Now: all unparseable, accuracy 0, only task rationales."""
+    from weakstrong.lrl import build_curriculum
+
+    result = _loop(scripted_teacher(copy_strategy=True), tmp_path).run(_problems(8))
+    assert all(r["completion"].endswith("4. Answer YES if it is") for r in result.results)
+    assert all(r["parsed"] is None and not r["correct"] for r in result.results)
+    assert result.accuracy == 0.0 and [e["unparseable"] for e in result.entries] == [4, 4]
+    assert all("all_unparseable" in e["flags"] for e in result.entries)
+    cur = build_curriculum(TASK, result.results, result.strategy, size=8, balanced=False,
+                           strategies=[s["text"] for s in result.strategies])
+    assert {r["rationale_source"] for r in cur} == {"task"}
+    assert not any("4. Answer YES if it is" in r["completion"][0]["content"] for r in cur)

@@ -23,16 +23,43 @@ Messages = list[dict[str, str]]
 SAMPLING_KEYS = ("temperature", "max_new_tokens", "top_p", "seed", "stop")
 
 
+from ..cli import UserError
+
+
 class ChatBackendError(RuntimeError):
     """A chat backend could not produce replies."""
 
 
-class ConfigurationError(ChatBackendError):
-    """The backend is misconfigured (bad key, URL or model name); retrying cannot help."""
+class ConfigurationError(ChatBackendError, UserError):
+    """The backend is misconfigured (bad key, URL or model name); retrying cannot help. The CLI prints it without
+    a traceback."""
 
 
-class EndpointUnavailableError(ChatBackendError):
-    """The endpoint kept failing (rate limits, server errors, timeouts, refused connections) after every retry."""
+class EndpointUnavailableError(ChatBackendError, UserError):
+    """The endpoint kept failing (rate limits, server errors, timeouts, refused connections) until its retries or
+    its deadline ran out. The CLI prints it without a traceback (the server must be fixed, not the code)."""
+
+
+def parse_endpoint(spec: str) -> tuple[list[str], str] | None:
+    """``"URL::MODEL"`` (``"http://host:8000/v1::Qwen/Qwen2.5-7B-Instruct"``; several replicas of one model:
+    ``"http://a:8000/v1,http://b:8000/v1::MODEL"``) as ``(base_urls, model)``; ``None`` when ``spec`` does not
+    name an endpoint (a local model name or path). The one way every CLI and recipe names an endpoint."""
+    if not isinstance(spec, str) or "::" not in spec or not spec.lower().startswith(("http://", "https://")):
+        return None
+    depth, cut = 0, -1
+    for i, ch in enumerate(spec):  # the first "::" outside [IPv6] brackets
+        depth += (ch == "[") - (ch == "]")
+        if depth == 0 and spec.startswith("::", i):
+            cut = i
+            break
+    if cut < 0:
+        return None
+    urls, model = spec[:cut], spec[cut + 2:]
+    urls = [u.strip() for u in urls.split(",") if u.strip()]
+    if not model.strip() or not urls:
+        raise ConfigurationError(f"{spec!r}: an endpoint is named URL::MODEL, e.g. "
+                                 "'http://localhost:8000/v1::Qwen/Qwen2.5-7B-Instruct' (replicas: 'URL1,URL2::MODEL')")
+    return urls, model.strip()
 
 
 @runtime_checkable

@@ -185,6 +185,8 @@ class OpenAICompatibleChat:
         self.sleep = sleep
         where = self.base_url if len(self.base_urls) == 1 else f"{self.base_url}+{len(self.base_urls) - 1}"
         self.name = name or f"openai:{self.model_alias}@{where}"
+        #: what a resumed run compares: the model, not where it is served (replicas may be added or moved)
+        self.identity = f"openai:{self.model_alias}"
         self.run_label = run_label
         self.setting_names = {k: f"{k}=" for k in _SETTING_NAMES}
         self.setting_names.update(setting_names or {})

@@ -79,6 +79,7 @@ class TransformersChat:
         self.tokenizer = tokenizer
         self.batch_size = batch_size
         self.name = name or f"transformers:{label}"
+        self.identity = self.name  # what a resumed run compares
         self.defaults = {"max_new_tokens": max_new_tokens, "temperature": temperature}
 
     def __repr__(self) -> str:

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from ..recipe_cli import add_passthrough_arguments, passthrough_argv
+from ..recipe_cli import add_passthrough_arguments, parse_recipe, passthrough_argv
 
 
 @dataclass
@@ -20,23 +20,34 @@ class LRLScriptArguments:
     task: str = field(default="meeting_rooms", metadata={"help": "Built-in task: meeting_rooms or arithmetic."})
     teacher: str = field(
         default="default",
-        metadata={"help": "Local teacher: 'default' (embedded SmolLM2-135M-Instruct), a path or a hub id. Ignored "
-                          "when teacher_base_url is set."},
+        metadata={"help": "The teacher: 'default' (embedded SmolLM2-135M-Instruct), a local path or hub id, or an "
+                          "OpenAI-compatible endpoint as URL::MODEL (e.g. http://localhost:8000/v1::Qwen/Qwen2.5-7B-"
+                          "Instruct; replicas of one model: URL1,URL2::MODEL)."},
     )
-    teacher_base_url: str | None = field(
-        default=None, metadata={"help": "OpenAI-compatible endpoint for the teacher, e.g. http://localhost:8000/v1."}
-    )
-    teacher_model: str | None = field(default=None, metadata={"help": "Model name served at teacher_base_url."})
+    teacher_model_alias: str | None = field(
+        default=None, metadata={"help": "Short name of an endpoint's model in reports and the run's identity "
+                                        "(default: MODEL of --teacher)."})
     teacher_api_key_env: str = field(
         default="OPENAI_API_KEY", metadata={"help": "Environment variable holding the endpoint's API key."}
     )
-    teacher_concurrency: int = field(default=4, metadata={"help": "Endpoint requests in flight at once."})
+    teacher_concurrency: int = field(default=4, metadata={"help": "Endpoint requests in flight at once (in total "
+                                                                  "over the replicas)."})
     teacher_max_retries: int = field(default=6, metadata={"help": "Retries per endpoint request."})
-    teacher_timeout: float = field(default=120.0, metadata={"help": "Seconds per endpoint request."})
+    teacher_connect_timeout: float = field(default=10.0, metadata={"help": "Seconds to connect to the endpoint."})
+    teacher_read_timeout: float = field(default=120.0, metadata={"help": "Seconds to wait for one reply."})
+    teacher_deadline: float = field(default=600.0, metadata={"help": "Total seconds per request, retries included."})
     teacher_cache_dir: str | None = field(
         default="auto", metadata={"help": "Reply cache folder ('auto': $WEAKSTRONG_CACHE/chat-cache; None: off)."}
     )
     teacher_batch_size: int = field(default=8, metadata={"help": "Conversations per generate() of a local teacher."})
+    teacher_base_url: str | None = field(default=None, metadata={"help": "Replaced by --teacher URL::MODEL."})
+    teacher_model: str | None = field(default=None, metadata={"help": "Replaced by --teacher URL::MODEL."})
+
+
+#: how the LRL command line names each endpoint setting (used in the client's error messages)
+TEACHER_SETTINGS = {"base_url": "--teacher URL::MODEL", "model": "--teacher URL::", "api_key_env": "--teacher_api_key_env ",
+                    "connect_timeout": "--teacher_connect_timeout", "read_timeout": "--teacher_read_timeout",
+                    "deadline": "--teacher_deadline", "max_retries": "--teacher_max_retries"}
 
 
 @dataclass
@@ -50,16 +61,28 @@ class LRLModelArguments:
 
 
 def make_teacher(script):
+    """The teacher named by ``script.teacher``: an endpoint (``URL::MODEL``) or a local model."""
+    from ..backends import parse_endpoint
+    from ..cli import UserError
     from ..teachers import OpenAICompatibleTeacher, TransformersTeacher
 
-    if script.teacher_base_url:
-        if not script.teacher_model:
-            raise ValueError("teacher_base_url is set but teacher_model is not: pass --teacher_model <served name>")
+    if script.teacher_base_url or script.teacher_model:
+        raise UserError(f"teacher_base_url / teacher_model were replaced by one setting: --teacher URL::MODEL "
+                        f"(here: --teacher {script.teacher_base_url or 'URL'}::{script.teacher_model or 'MODEL'})")
+    endpoint = parse_endpoint(script.teacher)
+    if endpoint is not None:
+        urls, model = endpoint
         cache = None if script.teacher_cache_dir in (None, "None", "none", "") else script.teacher_cache_dir
-        return OpenAICompatibleTeacher(base_url=script.teacher_base_url, model=script.teacher_model,
+        return OpenAICompatibleTeacher(base_url=urls, model=model, model_alias=script.teacher_model_alias,
                                        api_key_env=script.teacher_api_key_env, concurrency=script.teacher_concurrency,
-                                       max_retries=script.teacher_max_retries, timeout=script.teacher_timeout,
-                                       cache_dir=cache)
+                                       max_retries=script.teacher_max_retries,
+                                       connect_timeout=script.teacher_connect_timeout,
+                                       read_timeout=script.teacher_read_timeout, deadline=script.teacher_deadline,
+                                       cache_dir=cache, run_label="the LRL teacher (weakstrong lrl)",
+                                       setting_names=TEACHER_SETTINGS)
+    if "://" in script.teacher:
+        raise UserError(f"--teacher {script.teacher!r} looks like a URL but names no model: use URL::MODEL, e.g. "
+                        "http://localhost:8000/v1::Qwen/Qwen2.5-7B-Instruct")
     return TransformersTeacher(script.teacher, batch_size=script.teacher_batch_size)
 
 
@@ -94,7 +117,7 @@ def main_from_argv(argv=None) -> int:
     """Entry point of ``recipes/lrl/run.py``."""
     from rich.console import Console
 
-    script, config, model_args = build_parser().parse_args_and_config(args=argv)
+    script, config, model_args = parse_recipe(build_parser(), argv)
     run(script, config, model_args, Console())
     return 0
 
@@ -104,7 +127,7 @@ def add_arguments(parser) -> None:
     add_passthrough_arguments(
         parser, "recipes/lrl/config.yaml",
         "Any LRLScriptArguments / LinguisticRLConfig / LRLModelArguments field can be given as --name value (e.g. "
-        "--teacher_base_url http://localhost:8000/v1 --teacher_model Qwen/Qwen2.5-7B-Instruct --train_problems 100); "
+        "--teacher http://localhost:8000/v1::Qwen/Qwen2.5-7B-Instruct --train_problems 100); "
         "see recipes/lrl/config.yaml.")
 
 

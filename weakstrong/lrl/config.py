@@ -64,7 +64,8 @@ class LinguisticRLConfig(SFTConfig):
         curriculum_completion (`str`, *optional*, defaults to `"rationale"`):
             `"rationale"` (reasoning + final answer line) or `"answer"` (final answer line only, like the original).
         teacher_temperature (`float`, *optional*, defaults to `0.0`):
-            Teacher temperature for solving, reflecting and distilling (0 = greedy, the original's setting).
+            Teacher temperature for solving, reflecting and distilling (0 = greedy, the original's setting). Above 0,
+            each request carries its own seed derived from `seed`, the batch and the problem.
         teacher_max_new_tokens (`int`, *optional*, defaults to `512`):
             Reply budget of a teacher solution.
         reflection_max_new_tokens (`int`, *optional*, defaults to `512`):
@@ -72,7 +73,10 @@ class LinguisticRLConfig(SFTConfig):
         distill_max_new_tokens (`int`, *optional*, defaults to `384`):
             Reply budget of a distilled strategy.
         resume (`bool`, *optional*, defaults to `True`):
-            Continue a teacher loop found in `output_dir/teacher` (after its last completed step).
+            Continue a teacher loop found in `output_dir/teacher` (after its last completed step). A loop made with
+            other settings (teacher, temperature, token budgets, problems...) is refused, with the differences named.
+        restart_teacher_loop (`bool`, *optional*, defaults to `False`):
+            Move a teacher loop found in `output_dir/teacher` aside (`teacher.replaced-<UTC time>`) and start afresh.
         use_peft (`bool`, *optional*, defaults to `True`):
             Train a LoRA adapter (below) when no `peft_config` is passed; `False` trains all weights.
         lora_r (`int`, *optional*, defaults to `8`):
@@ -116,6 +120,8 @@ class LinguisticRLConfig(SFTConfig):
     reflection_max_new_tokens: int = field(default=512, metadata={"help": "Reply budget of a journal entry."})
     distill_max_new_tokens: int = field(default=384, metadata={"help": "Reply budget of a distilled strategy."})
     resume: bool = field(default=True, metadata={"help": "Resume the teacher loop found in output_dir/teacher."})
+    restart_teacher_loop: bool = field(
+        default=False, metadata={"help": "Move the teacher loop in output_dir/teacher aside and start afresh."})
 
     # data / stage 2: curriculum
     test_problems: int = field(default=150, metadata={"help": "Held-out test problems (stage 4)."})

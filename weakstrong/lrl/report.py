@@ -43,6 +43,22 @@ def confusion_tables(results: dict[str, dict]) -> str:
     return "\n\n".join(parts)
 
 
+def data_lines(data: dict | None) -> list[str]:
+    """What the train and test sets hold per label, and whether they were generated balanced."""
+    if not data:
+        return []
+    out = []
+    for split in ("train", "test"):
+        d = data.get(split)
+        if not d:
+            continue
+        labels = " / ".join(f"{v} {k}" for k, v in sorted(d["labels"].items(), reverse=True))
+        out.append(f"- {split} set: {d['n']} problems, {labels}"
+                   + (" (generated balanced: within ±1 over the set and per difficulty)" if data.get("balanced")
+                      else " (not balanced: compare with the always-majority row)"))
+    return out
+
+
 def write_report(output_dir, summary: dict[str, Any], results: dict[str, dict]) -> tuple[Path, Path]:
     """``report.json`` (everything but the raw completions) and ``report.md``; completions go to
     ``evaluations/<system>.jsonl``."""
@@ -60,7 +76,8 @@ def write_report(output_dir, summary: dict[str, Any], results: dict[str, dict]) 
           f"- teacher loop: {summary.get('teacher_loop', {}).get('n_problems')} problems, train accuracy "
           f"{_pct(summary.get('teacher_loop', {}).get('accuracy'))}, final strategy "
           f"v{summary.get('strategy_version')}",
-          f"- curriculum: {summary.get('curriculum')}", "",
+          f"- curriculum: {summary.get('curriculum')}",
+          *data_lines(summary.get("data")), "",
           "## Test results", "", markdown_table(scores), "",
           "Balanced accuracy is the mean of the per-class recalls; the always-majority row is what a model that "
           "ignores the input scores.", "", "## Confusion matrices", "", confusion_tables(scores), "",

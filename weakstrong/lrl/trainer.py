@@ -114,7 +114,8 @@ class LinguisticRLTrainer:
                               solve_max_new_tokens=a.teacher_max_new_tokens,
                               reflect_max_new_tokens=a.reflection_max_new_tokens,
                               distill_max_new_tokens=a.distill_max_new_tokens, temperature=a.teacher_temperature,
-                              resume=a.resume, log=self.log)
+                              seed=a.seed, resume=a.resume, restart=a.restart_teacher_loop, log=self.log,
+                              progress=not a.disable_tqdm)
         self.loop_result = loop.run(self.train_problems)
         logger.info("LRL stage 1: teacher train accuracy %.3f, strategy v%d", self.loop_result.accuracy,
                     self.loop_result.strategy_version)
@@ -203,6 +204,8 @@ class LinguisticRLTrainer:
             "strategy": loop.strategy,
             "strategy_version": loop.strategy_version,
             "curriculum": curriculum_summary(self.task, curriculum),
+            "data": {"train": label_counts(self.train_problems), "test": label_counts(self.test_set),
+                     "balanced": a.balanced},
             "student_train": {"global_step": train_output.global_step, "training_loss": train_output.training_loss},
             "seconds": round(time.time() - start, 1),
         }
@@ -210,6 +213,18 @@ class LinguisticRLTrainer:
         logger.info("LRL report: %s", md_path)
         return {"summary": summary, "results": results, "report": str(md_path), "report_json": str(json_path),
                 "train_output": train_output}
+
+
+def label_counts(rows) -> dict[str, Any]:
+    """Problems per label, overall and per difficulty (the report states the balance)."""
+    from collections import Counter
+
+    rows = list(rows)
+    per: dict[str, Counter] = {}
+    for r in rows:
+        per.setdefault(r.get("difficulty", "all"), Counter())[r["answer"]] += 1
+    return {"n": len(rows), "labels": dict(Counter(r["answer"] for r in rows)),
+            "per_difficulty": {d: dict(c) for d, c in sorted(per.items())}}
 
 
 def load_report(output_dir) -> dict:

@@ -53,7 +53,9 @@ class MeetingRoomsTask(Task):
     """Meetings as integer intervals [start-end] plus a room count → YES (all fit) or NO.
 
     ``generate(n, seed, difficulty=None, balanced=True, faithful=False)``:
-    * ``balanced=True`` (default) — each difficulty has as close to 50% YES as its size allows, easy included.
+    * ``balanced=True`` (default) — each difficulty has as close to 50% YES as its size allows, easy included,
+      and the whole set is balanced within ±1: a difficulty with an odd count gets one extra YES or one extra NO,
+      alternating over the difficulties (``generate(3)`` is 2 YES + 1 NO, not 3 YES).
     * ``faithful=True`` — the original generator and ranges (easy is then always YES); implies
       ``balanced=False`` unless both are given explicitly.
     """
@@ -75,13 +77,17 @@ class MeetingRoomsTask(Task):
         rooms = rng.randint(*tier["rooms"])
         return self.make_row(meetings, rooms, difficulty)
 
-    def sample_tier(self, rng, difficulty, count, balanced: bool | None = None, faithful: bool = False):
+    def sample_tier(self, rng, difficulty, count, balanced: bool | None = None, faithful: bool = False,
+                    odd_label: str = "YES"):
         if balanced is None:
             balanced = not faithful
         tiers = FAITHFUL_TIERS if faithful else BALANCED_TIERS
         if not balanced:
             return [self.sample(rng, difficulty, tiers) for _ in range(count)]
-        targets = ["YES"] * ((count + 1) // 2) + ["NO"] * (count // 2)
+        if odd_label not in self.labels:
+            raise ValueError(f"odd_label must be one of {self.labels}, got {odd_label!r}")
+        other = "NO" if odd_label == "YES" else "YES"
+        targets = [odd_label] * ((count + 1) // 2) + [other] * (count // 2)
         rng.shuffle(targets)
         rows = []
         for target in targets:
