@@ -205,10 +205,12 @@ def test_damaged_sqlite_file_is_refused_on_open(tmp_path, page):
         return
     # the CLI step exits non-zero with the message instead of printing normal output
     (tmp_path / "r.yaml").write_text(f"run_dir: {tmp_path}\nstore: {path}\n")
-    proc = subprocess.run([sys.executable, "-m", "weakstrong.cli", "agentsim", "telemetry", "--config",
-                           str(tmp_path / "r.yaml")], env=ENV, capture_output=True, text=True, timeout=120)
-    assert proc.returncode != 0
-    assert "is damaged" in proc.stderr and "| day |" not in proc.stdout
+    # (as the `weakstrong` console script runs it; `python -m weakstrong.cli` would load the module twice)
+    proc = subprocess.run([sys.executable, "-c", "import sys; from weakstrong.cli import main; sys.exit(main())",
+                           "agentsim", "telemetry", "--config", str(tmp_path / "r.yaml")],
+                          env=ENV, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2  # a user error: the message alone, no traceback
+    assert "is damaged" in proc.stderr and "Traceback" not in proc.stderr and "| day |" not in proc.stdout
 
 
 def test_garbage_file_and_missing_folder(tmp_path):

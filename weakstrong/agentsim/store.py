@@ -33,6 +33,8 @@ import time
 import urllib.parse
 from pathlib import Path
 
+from ..cli import UserError
+
 SCHEMA_VERSION = 1
 
 # {ID}: a row id assigned by the writer; {AUTO}: an id the database assigns (run_log only); {REAL}: a float.
@@ -100,8 +102,9 @@ _AGENT_COLUMNS = ("id", "username", "archetype", "sub_personality", "mbti", "bio
 _JSON_AGENT_FIELDS = ("big5", "interests", "activity_curve", "beliefs")
 
 
-class StoreError(RuntimeError):
-    """The database cannot be used for this run; the message says why and what to do."""
+class StoreError(UserError, RuntimeError):
+    """The database cannot be used for this run; the message says why and what to do (the ``weakstrong`` command
+    prints it without a traceback)."""
 
 
 class StoreConnectionError(StoreError):
