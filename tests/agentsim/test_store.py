@@ -251,11 +251,12 @@ def test_every_request_has_its_own_seed_and_one_call_per_phase():
     assert backend.conversations == len(seen) > backend.calls
 
 
-def test_generate_seeded_falls_back_to_concurrent_single_calls():
+def test_generate_seeded_falls_back_to_concurrent_single_calls_when_told():
     import threading
 
-    class OneSeedBackend:  # takes only one seed per call
+    class OneSeedBackend:  # takes only one seed per call, and says so
         concurrency = 4
+        per_conversation_seeds = False
 
         def __init__(self):
             self.calls, self.threads = [], set()

@@ -98,15 +98,18 @@ def backend_name(backend: ChatBackend) -> str:
 
 def backend_identity(backend: ChatBackend) -> dict:
     """What about a backend decides its replies, beyond the sampling the simulation sets per call: the kind, the
-    model, the endpoint(s) and extra request fields (OpenAI-compatible), the batch size (a local model samples a
-    batch from one generator). A resumed simulation must match it."""
-    if isinstance(backend, OpenAICompatibleChat):
-        urls = getattr(backend, "base_urls", None) or [backend.base_url]
-        return {"type": "openai", "model": backend.model, "base_url": list(urls),
-                "extra_body": dict(backend.extra_body)}
-    if isinstance(backend, TransformersChat):
-        return {"type": "transformers", "model": backend.name, "batch_size": int(backend.batch_size)}
-    ident = {"type": type(backend).__name__, "model": backend_name(backend)}
+    model, and for an OpenAI-compatible client its endpoint(s) and extra request fields. A resumed simulation must
+    match it. Read from attributes, so a wrapper that forwards them (``__getattr__``) has its inner backend's
+    identity. (A local model's batch size is not part of it: each conversation samples from its own generator.)"""
+    urls = getattr(backend, "base_urls", None) or ([backend.base_url] if isinstance(getattr(backend, "base_url", None),
+                                                                                   str) else None)
+    if urls and getattr(backend, "model", None):
+        return {"type": "openai", "model": str(backend.model), "base_url": [str(u) for u in urls],
+                "extra_body": dict(getattr(backend, "extra_body", None) or {})}
+    name = backend_name(backend)
+    if isinstance(backend, TransformersChat) or name.startswith("transformers:"):
+        return {"type": "transformers", "model": name}
+    ident = {"type": type(backend).__name__, "model": name}
     extra = getattr(backend, "identity", None)
     if callable(extra):
         ident.update(extra())
@@ -114,20 +117,20 @@ def backend_identity(backend: ChatBackend) -> dict:
 
 
 def generate_seeded(backend: ChatBackend, conversations: list, seeds: list[int], **sampling) -> list[str]:
-    """One reply per conversation, request ``i`` sampled with ``seeds[i]``, in ONE ``generate`` call when the
-    backend takes one seed per conversation (``seed=[...]``: :class:`TransformersChat` gives each conversation its
-    own generator, :class:`OpenAICompatibleChat` sends each request its own seed over its replicas, ``concurrency``
-    at a time; :class:`ScriptedBackend`; any backend with ``per_conversation_seeds = True``).
+    """One reply per conversation, request ``i`` sampled with ``seeds[i]``, in ONE ``generate`` call with
+    ``seed=[...]`` — the ``ChatBackend`` protocol's per-conversation seeds (:mod:`weakstrong.backends.base`):
+    :class:`TransformersChat` gives each conversation its own generator, :class:`OpenAICompatibleChat` sends each
+    request its own seed over its replicas, ``concurrency`` at a time.
 
-    Any other backend gets one call per conversation with its own seed, ``backend.concurrency`` (default 1) at a
-    time: slower, but two requests never share a seed.
+    A backend that declares ``per_conversation_seeds = False`` (it takes one int only) gets one call per
+    conversation with its own seed, ``backend.concurrency`` (default 1) at a time: slower, but two requests never
+    share a seed.
     """
     if len(seeds) != len(conversations):
         raise ValueError(f"{len(seeds)} seeds for {len(conversations)} conversations")
     if not conversations:
         return []
-    if isinstance(backend, (TransformersChat, OpenAICompatibleChat)) or getattr(backend, "per_conversation_seeds",
-                                                                               False):
+    if getattr(backend, "per_conversation_seeds", True):
         return backend.generate(conversations, seed=[int(s) for s in seeds], **sampling)
 
     def one(i):
