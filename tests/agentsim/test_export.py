@@ -116,3 +116,47 @@ def test_saved_pairs_reload_even_with_an_empty_held_out_split(tmp_path):
     dd = run_export(recipe)
     assert len(dd["test"]) == 0 and len(dd["train"]) > 0
     assert len(load_from_disk(str(tmp_path / "pairs"))["train"]) == len(dd["train"])
+
+
+def _agents(spec):  # [(archetype, n), ...] -> agent dicts with ids
+    out, i = [], 0
+    for arch, n in spec:
+        for k in range(n):
+            i += 1
+            out.append({"id": i, "archetype": arch, "username": f"{arch.lower()}_{k:03d}"})
+    return out
+
+
+@pytest.mark.parametrize("fraction, expected", [
+    (0.1, {"A": 1, "B": 1, "C": 0, "D": 1}),   # every archetype that can spare an agent holds one out
+    (0.5, {"A": 2, "B": 1, "C": 0, "D": 6}),   # round(0.5·n), at most n - 1, never the only agent of an archetype
+])
+def test_held_out_agents_are_stratified_by_archetype(fraction, expected):
+    from weakstrong.agentsim.export import held_out_agents
+
+    agents = _agents([("A", 5), ("B", 2), ("C", 1), ("D", 13)])
+    held, summary = held_out_agents(agents, fraction, seed=0)
+    arch = {a["id"]: a["archetype"] for a in agents}
+    got = {k: sum(1 for i in held if arch[i] == k) for k in "ABCD"}
+    assert got == expected
+    assert {k: v["held_out"] for k, v in summary["per_archetype"].items()} == expected
+    assert summary["rule"].startswith("per archetype") and len(summary["held_out"]) == len(held)
+    assert held == held_out_agents(agents, fraction, seed=0)[0] != held_out_agents(agents, fraction, seed=1)[0]
+
+
+def test_held_out_falls_back_to_agents_overall_and_says_so():
+    from weakstrong.agentsim.export import held_out_agents
+
+    agents = _agents([(f"X{i}", 1) for i in range(12)])  # 12 agents, 12 archetypes (like small.yaml)
+    held, summary = held_out_agents(agents, 0.1, seed=0)
+    assert len(held) == 1 and "unseen in training" in summary["rule"]
+    assert held_out_agents(agents, 0.0, seed=0)[0] == set()
+
+
+def test_export_summary_states_the_split(store, capsys):
+    dd = export_pairs(store, split="agent", held_out_fraction=0.1, variants=["full"])
+    split = dd.counts["split"]
+    assert split["kind"] == "agent" and len(split["held_out"]) == 2  # one of the two agents of each archetype
+    assert "held-out split (agent): per archetype" in capsys.readouterr().out
+    dd = export_pairs(store, split="time", held_out_days=1, verbose=False)
+    assert dd.counts["split"]["rule"].startswith("days 1..1")

@@ -21,16 +21,17 @@ def _train_module():
     return mod
 
 
-@pytest.mark.parametrize("name", ["small.yaml", "lewis.yaml"])
+@pytest.mark.parametrize("name", ["small.yaml", "cpu15.yaml", "lewis.yaml"])
 def test_shipped_recipes_are_valid(name):
     recipe = load_recipe(RECIPES / name)
     cfg = SimulationConfig.from_dict(recipe["simulation"])
     ExportConfig.from_dict(recipe["export"])
     # the embedded 135M judge cannot write JSON: small.yaml reads its digit probabilities instead
-    assert recipe["evaluate"]["judge_mode"] == {"small.yaml": "probs", "lewis.yaml": "json"}[name]
+    assert recipe["evaluate"]["judge_mode"] == {"small.yaml": "probs", "cpu15.yaml": "probs", "lewis.yaml": "json"}[name]
     if name == "lewis.yaml":
         assert (cfg.agents, cfg.days, cfg.episodic_every, cfg.semantic_every) == (474, 7, 20, 40)
         assert recipe["backend"]["type"] == "openai"
+        assert make_backend(recipe["backend"]).base_urls == ["http://localhost:8000/v1"]  # builds (no request)
     from trl import ModelConfig, SFTConfig, TrlParser
 
     mod = _train_module()
@@ -40,7 +41,8 @@ def test_shipped_recipes_are_valid(name):
     _, sft, model_args, rest, _ = parser.parse_args_and_config(
         ["--config", str(RECIPES / name)] + cpu, return_remaining_strings=True, separate_remaining_strings=True)
     assert [k for k in rest[::2] if k[2:] not in ("run_dir", "simulation", "backend", "export", "evaluate")] == []
-    assert (model_args.lora_r, model_args.lora_alpha, sft.num_train_epochs) == (16, 32, 3)
+    epochs = {"cpu15.yaml": 1}.get(name, 3)  # cpu15: one epoch fits its CPU budget
+    assert (model_args.lora_r, model_args.lora_alpha, sft.num_train_epochs) == (16, 32, epochs)
     assert model_args.use_peft
 
 

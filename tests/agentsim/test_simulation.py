@@ -243,3 +243,28 @@ def test_store_is_wal_and_rejects_garbage(tmp_path):
     with pytest.raises(StoreError, match="does not exist"):
         SQLiteStore(tmp_path / "nope" / "x.db")
     assert json.loads(json.dumps(store.get_meta("schema_version"))) == 1
+
+
+def test_feed_ranking_equals_the_plain_formula():
+    """The numpy-preselected ranking equals sorting the whole pool by the documented score (ties: newest first)."""
+    import math
+
+    import numpy as np
+
+    rng = np.random.default_rng(0)
+    cfg = SimulationConfig(agents=2, days=1, ticks_per_day=1, feed_size=4, seed=0)
+    sim = Simulation(cfg, ScriptedBackend())
+    w, tick = cfg.feed_weights, 50
+    for trial in range(40):
+        n = int(rng.integers(1, 120))
+        cands = [{"id": i + 1, "agent_id": int(rng.integers(1, 8)), "tick": int(rng.integers(34, 50)),
+                  "engagement": int(rng.integers(0, 4)) * int(rng.integers(0, 2)), "content": "", "username": ""}
+                 for i in range(n)]
+        agent, followed = {"id": int(rng.integers(1, 8))}, set(int(x) for x in rng.integers(1, 8, size=2))
+        pool = [c for c in cands if c["agent_id"] != agent["id"]]
+        max_e = max((c["engagement"] for c in pool), default=0)
+        norm = math.log1p(max_e) if max_e > 0 else 1.0
+        expected = sorted(pool, key=lambda c: (-round(w.recency * 0.5 ** ((tick - c["tick"]) / w.half_life_ticks)
+                                                      + w.engagement * math.log1p(c["engagement"]) / norm
+                                                      + w.follow * (c["agent_id"] in followed), 12), -c["id"]))[:4]
+        assert sim._rank_feed(agent, cands, followed, tick) == expected, trial

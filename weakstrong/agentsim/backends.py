@@ -10,6 +10,7 @@ Any object with ``generate(conversations, **sampling) -> list[str]`` works (the 
 from __future__ import annotations
 
 import hashlib
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Callable
 
 from ..backends import ChatBackend, OpenAICompatibleChat, TransformersChat, normalize_sampling
@@ -26,7 +27,15 @@ class TransformersBackend(TransformersChat):
 
 class OpenAICompatibleBackend(OpenAICompatibleChat):
     """Any OpenAI-compatible ``/chat/completions`` server; same arguments as
-    :class:`weakstrong.backends.OpenAICompatibleChat` (``base_url``, ``model``, ``api_key_env``, ``concurrency``...)."""
+    :class:`weakstrong.backends.OpenAICompatibleChat` (``base_url`` — one URL or a list of replicas served
+    round-robin —, ``model``, ``api_key_env``, ``concurrency`` in total over the replicas...). Error messages name
+    the recipe's ``backend.*`` keys unless ``run_label``/``setting_names`` are given."""
+
+    def __init__(self, base_url, model, *args, **kwargs):
+        kwargs.setdefault("run_label", "the agent simulation (weakstrong agentsim)")
+        kwargs.setdefault("setting_names", {k: f"backend.{k}: " for k in (
+            "base_url", "model", "api_key_env", "connect_timeout", "read_timeout", "deadline", "max_retries")})
+        super().__init__(base_url, model, *args, **kwargs)
 
 
 class ScriptedBackend:
@@ -38,6 +47,7 @@ class ScriptedBackend:
     """
 
     name = "scripted"
+    per_conversation_seeds = True  # generate(..., seed=[one per conversation]) is understood
 
     def __init__(self, fn: Callable[[list[dict], dict], str] | None = None, fail_on_call: int | None = None,
                  on_fail: Callable[[], Any] | None = None):
@@ -49,6 +59,12 @@ class ScriptedBackend:
 
     def generate(self, conversations, **sampling) -> list[str]:
         conversations = check_conversations(conversations)
+        seeds = sampling.pop("seed", None)
+        if not isinstance(seeds, (list, tuple)):
+            seeds = [seeds] * len(conversations)
+        elif len(seeds) != len(conversations):
+            raise ValueError(f"seed has {len(seeds)} entries for {len(conversations)} conversations: pass one per "
+                             "conversation, or a single int")
         opts = normalize_sampling({"max_new_tokens": 256}, sampling)
         self.calls += 1
         if self.fail_on_call is not None and self.calls == self.fail_on_call:
@@ -56,7 +72,7 @@ class ScriptedBackend:
                 self.on_fail()
             raise RuntimeError(f"scripted failure on generate call {self.calls}")
         self.conversations += len(conversations)
-        return [self.fn(c, opts) for c in conversations]
+        return [self.fn(c, {**opts, "seed": s} if s is not None else opts) for c, s in zip(conversations, seeds)]
 
 
 _WORDS = ("truth", "markets", "coffee", "freedom", "code", "rain", "justice", "memes", "history", "growth",
@@ -78,6 +94,56 @@ def default_script(conversation: list[dict], sampling: dict) -> str:
 
 def backend_name(backend: ChatBackend) -> str:
     return str(getattr(backend, "name", type(backend).__name__))
+
+
+def backend_identity(backend: ChatBackend) -> dict:
+    """What about a backend decides its replies, beyond the sampling the simulation sets per call: the kind, the
+    model, and for an OpenAI-compatible client its endpoint(s) and extra request fields. A resumed simulation must
+    match it. Read from attributes, so a wrapper that forwards them (``__getattr__``) has its inner backend's
+    identity. (A local model's batch size is not part of it: each conversation samples from its own generator.)"""
+    urls = getattr(backend, "base_urls", None) or ([backend.base_url] if isinstance(getattr(backend, "base_url", None),
+                                                                                   str) else None)
+    if urls and getattr(backend, "model", None):
+        return {"type": "openai", "model": str(backend.model), "base_url": [str(u) for u in urls],
+                "extra_body": dict(getattr(backend, "extra_body", None) or {})}
+    name = backend_name(backend)
+    if isinstance(backend, TransformersChat) or name.startswith("transformers:"):
+        return {"type": "transformers", "model": name}
+    ident = {"type": type(backend).__name__, "model": name}
+    extra = getattr(backend, "identity", None)
+    if callable(extra):
+        ident.update(extra())
+    return ident
+
+
+def generate_seeded(backend: ChatBackend, conversations: list, seeds: list[int], **sampling) -> list[str]:
+    """One reply per conversation, request ``i`` sampled with ``seeds[i]``, in ONE ``generate`` call with
+    ``seed=[...]`` — the ``ChatBackend`` protocol's per-conversation seeds (:mod:`weakstrong.backends.base`):
+    :class:`TransformersChat` gives each conversation its own generator, :class:`OpenAICompatibleChat` sends each
+    request its own seed over its replicas, ``concurrency`` at a time.
+
+    A backend that declares ``per_conversation_seeds = False`` (it takes one int only) gets one call per
+    conversation with its own seed, ``backend.concurrency`` (default 1) at a time: slower, but two requests never
+    share a seed.
+    """
+    if len(seeds) != len(conversations):
+        raise ValueError(f"{len(seeds)} seeds for {len(conversations)} conversations")
+    if not conversations:
+        return []
+    if getattr(backend, "per_conversation_seeds", True):
+        return backend.generate(conversations, seed=[int(s) for s in seeds], **sampling)
+
+    def one(i):
+        replies = backend.generate([conversations[i]], seed=int(seeds[i]), **sampling)
+        if len(replies) != 1:
+            raise RuntimeError(f"backend returned {len(replies)} replies for 1 conversation")
+        return replies[0]
+
+    workers = max(1, min(int(getattr(backend, "concurrency", 1) or 1), len(conversations)))
+    if workers == 1:
+        return [one(i) for i in range(len(conversations))]
+    with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="agentsim") as pool:
+        return list(pool.map(one, range(len(conversations))))
 
 
 def backend_tokenizer(backend: ChatBackend):

@@ -11,12 +11,13 @@ import logging
 import time
 from pathlib import Path
 
-from .recipe import load_recipe, make_backend, paths
+from .recipe import load_recipe, make_backend, open_recipe_store, paths, store_spec
 
 STEPS = ("simulate", "export", "evaluate", "telemetry", "report")
 
 
-def run_simulate(recipe: dict, max_ticks: int | None = None, telemetry: bool = True) -> dict:
+def run_simulate(recipe: dict, max_ticks: int | None = None, telemetry: bool = True,
+                 allow_backend_change: bool = False) -> dict:
     from .config import SimulationConfig
     from .simulation import Simulation
 
@@ -24,17 +25,17 @@ def run_simulate(recipe: dict, max_ticks: int | None = None, telemetry: bool = T
     p["run_dir"].mkdir(parents=True, exist_ok=True)
     cfg = SimulationConfig.from_dict(recipe.get("simulation", {}))
     backend = make_backend(recipe.get("backend"))
-    sim = Simulation(cfg, backend, p["db"])
+    sim = Simulation(cfg, backend, store_spec(recipe), allow_backend_change=allow_backend_change)
     start, t0 = sim.ticks_done, time.time()
-    print(f"simulation: {cfg.agents} agents, {cfg.days} days x {cfg.ticks_per_day} ticks; database {p['db']}; "
-          f"resuming at tick {start}" if start else f"simulation: {cfg.agents} agents, {cfg.days} days x "
-          f"{cfg.ticks_per_day} ticks; database {p['db']}")
+    print(f"simulation: {cfg.agents} agents, {cfg.days} days x {cfg.ticks_per_day} ticks; database {sim.store.path}"
+          + (f"; resuming at tick {start}" if start else ""))
 
     def progress(tick, row):
         print(f"  tick {tick + 1}/{cfg.total_ticks} (day {row['day'] + 1}): active {row['active_agents']}, posts "
               f"{row['posts']}, comments {row['comments']}, reactions {row['reactions']}, follows {row['follows']}, "
               f"rewrites {row['episodic_rewrites']}+{row['semantic_rewrites']}, belief events {row['belief_events']} "
-              f"[{time.time() - t0:.0f}s]", flush=True)
+              f"[generate {sim.last_timing.get('generate', 0):.1f}s, write {sim.last_timing.get('write', 0):.2f}s; "
+              f"{time.time() - t0:.0f}s]", flush=True)
 
     counts = sim.run(progress=progress, max_ticks=max_ticks)
     print("rows:", json.dumps(counts))
@@ -44,11 +45,10 @@ def run_simulate(recipe: dict, max_ticks: int | None = None, telemetry: bool = T
 
 
 def run_telemetry(recipe: dict, store=None) -> list[dict]:
-    from .store import SQLiteStore
     from .telemetry import daily_telemetry, plot_divergence, save_telemetry, telemetry_markdown
 
     p = paths(recipe)
-    store = store or SQLiteStore(p["db"])
+    store = store or open_recipe_store(recipe)
     rows = daily_telemetry(store)
     save_telemetry(rows, p["telemetry"])
     plot_divergence(rows, p["plot"])
@@ -59,12 +59,9 @@ def run_telemetry(recipe: dict, store=None) -> list[dict]:
 
 def run_export(recipe: dict):
     from .export import export_pairs, save_counts
-    from .store import SQLiteStore
 
     p = paths(recipe)
-    if not p["db"].is_file():
-        raise FileNotFoundError(f"{p['db']} not found: run the simulate step first")
-    dd = export_pairs(SQLiteStore(p["db"]), recipe.get("export", {}))
+    dd = export_pairs(open_recipe_store(recipe), recipe.get("export", {}))
     from datasets import DatasetDict
 
     # datasets cannot reload an empty split it saved: keep only non-empty ones (an empty held-out split is printed)
@@ -76,7 +73,6 @@ def run_export(recipe: dict):
 
 def run_evaluate(recipe: dict, tuned: str | None = None, only: str | None = None) -> dict:
     from .evaluation import evaluate_personality, load_prompts, personality_markdown
-    from .store import SQLiteStore
 
     p = paths(recipe)
     ev = dict(recipe.get("evaluate", {}))
@@ -107,7 +103,7 @@ def run_evaluate(recipe: dict, tuned: str | None = None, only: str | None = None
     t0 = time.time()
     models = {"base": base} if only == "base" else {"base": None if only == "fine-tuned" else base,
                                                        "fine-tuned": tuned_backend}
-    result = evaluate_personality(models, SQLiteStore(p["db"]), prompts=prompts, judge=judge,
+    result = evaluate_personality(models, open_recipe_store(recipe), prompts=prompts, judge=judge,
                                   cache_dir=p["eval"] / "cache", **ev)
     result["settings"]["wall_seconds"] = round(time.time() - t0, 1)
     result["settings"]["tuned_model"] = tuned
@@ -126,15 +122,15 @@ def run_report(recipe: dict, report_dir=None, notes: str = "") -> Path:
     import shutil
 
     from .export import format_counts
-    from .store import SQLiteStore
+    from .store import is_postgres_url
     from .telemetry import telemetry_markdown
 
     p = paths(recipe)
     report_dir = Path(report_dir or recipe.get("evaluate", {}).get("report_dir", p["eval"]))
     report_dir.mkdir(parents=True, exist_ok=True)
     parts = ["# Agent simulation: results of the recipe run", ""]
-    if p["db"].is_file():
-        store = SQLiteStore(p["db"])
+    if is_postgres_url(store_spec(recipe)) or Path(store_spec(recipe)).is_file():
+        store = open_recipe_store(recipe)
         counts = store.counts()
         mem = store.rows("SELECT kind, COUNT(*) AS n, AVG(compression_ratio) AS mean_ratio, MIN(compression_ratio) AS "
                          "min_ratio, MAX(compression_ratio) AS max_ratio, AVG(input_chars) AS mean_in, "
@@ -169,6 +165,12 @@ def add_arguments(parser) -> None:
     parser.add_argument("step", choices=STEPS, help="which step of the recipe to run")
     parser.add_argument("--config", required=True, help="recipe YAML, e.g. recipes/agentsim/small.yaml")
     parser.add_argument("--max-ticks", type=int, default=None, help="simulate: stop after this many ticks")
+    parser.add_argument("--store", default=None,
+                        help="the simulation database: an SQLite path or a postgresql://user@host:port/db[?schema=NAME] "
+                             "URL (overrides the recipe's store; default RUN_DIR/sim.db)")
+    parser.add_argument("--allow-backend-change", action="store_true",
+                        help="simulate: resume although the backend differs from the one that started the run (only "
+                             "for the same weights behind a new address)")
     parser.add_argument("--tuned", default=None, help="evaluate: path of the fine-tuned (merged) model")
     parser.add_argument("--only", default=None, choices=["base", "fine-tuned"],
                         help="evaluate: run one model now (cached in RUN_DIR/eval/cache); the other is read from cache")
@@ -177,8 +179,10 @@ def add_arguments(parser) -> None:
 def main(args) -> int:
     logging.basicConfig(level=logging.WARNING)
     recipe = load_recipe(args.config)
+    if args.store:
+        recipe["store"] = args.store
     if args.step == "simulate":
-        run_simulate(recipe, args.max_ticks)
+        run_simulate(recipe, args.max_ticks, allow_backend_change=args.allow_backend_change)
     elif args.step == "export":
         run_export(recipe)
     elif args.step == "evaluate":

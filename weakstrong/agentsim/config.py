@@ -8,12 +8,15 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
+from ..cli import UserError
+
 ACTIONS = ("post", "comment", "react", "follow")
 BUDGET_UNITS = ("chars", "tokens")
 
 
-class ConfigError(ValueError):
-    """A simulation or export setting is invalid; the message says which and how to fix it."""
+class ConfigError(UserError, ValueError):
+    """A simulation or export setting is invalid; the message says which and how to fix it (the ``weakstrong``
+    command prints it without a traceback)."""
 
 
 @dataclass

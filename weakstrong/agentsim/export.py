@@ -10,7 +10,8 @@ Each kept post or comment becomes one pair per memory variant:
 Filters (counted exactly, see ``DatasetDict.counts``): items with engagement below ``min_engagement`` are dropped
 (default: zero-engagement items); comments are kept only on posts with engagement >= ``comment_min_parent_engagement``.
 In the TRAIN split, items with engagement >= ``oversample_threshold`` are repeated ``oversample_factor`` times in
-total. The held-out split is by agent (stratified by archetype) or by time (the last ``held_out_days`` days).
+total. The held-out split is by agent (stratified by archetype: see :func:`held_out_agents`) or by time (the last
+``held_out_days`` days); ``counts["split"]`` states which agents or days were held out and by which rule.
 """
 
 from __future__ import annotations
@@ -71,24 +72,45 @@ class ExportConfig:
         return cls(**data)
 
 
-def _held_out_agents(agents: list[dict], fraction: float, seed: int) -> set:
-    """Held-out agents stratified by archetype: round(fraction·n) of each archetype's agents (at least one agent
-    overall when fraction > 0 and there are two or more agents)."""
+def held_out_agents(agents: list[dict], fraction: float, seed: int) -> tuple[set, dict]:
+    """Agents held out of training, stratified by archetype; returns ``(ids, summary)``.
+
+    Every archetype with ``n >= 2`` agents holds out ``max(1, round(fraction·n))`` of them (at most ``n - 1``), so
+    the held-out set covers every archetype that can spare an agent and each held-out agent's archetype is still
+    seen in training: the split measures generalisation to new individuals of known personalities. An archetype
+    with one agent is kept whole in training. When no archetype has two agents (e.g. 12 agents over 35
+    archetypes), ``max(1, round(fraction·N))`` agents are drawn over all ``N`` (their archetypes are then unseen in
+    training; the summary says so). ``fraction = 0`` holds out nobody.
+    """
+    summary = {"kind": "agent", "fraction": fraction, "per_archetype": {}}
     if fraction <= 0 or len(agents) < 2:
-        return set()
+        summary.update(rule="none", held_out=[])
+        return set(), summary
     rng = np.random.default_rng([seed, 104729])
     by_arch = defaultdict(list)
     for a in agents:
-        by_arch[a["archetype"]].append(a["id"])
+        by_arch[a["archetype"]].append(a)
     held = set()
     for arch in sorted(by_arch):
-        ids = sorted(by_arch[arch])
-        k = min(int(round(fraction * len(ids))), len(ids) - 1)
-        if k > 0:
-            held.update(int(i) for i in rng.choice(ids, size=k, replace=False))
-    if not held:
-        held.add(int(rng.choice(sorted(a["id"] for a in agents))))
-    return held
+        group = sorted(by_arch[arch], key=lambda a: a["id"])
+        n = len(group)
+        k = min(max(1, int(round(fraction * n))), n - 1) if n >= 2 else 0
+        if k:
+            held.update(int(i) for i in rng.choice([a["id"] for a in group], size=k, replace=False))
+        summary["per_archetype"][arch] = {"agents": n, "held_out": k}
+    if held:
+        summary["rule"] = "per archetype: max(1, round(fraction*n)) of each archetype with n >= 2 agents"
+    else:
+        ids = sorted(a["id"] for a in agents)
+        k = min(max(1, int(round(fraction * len(ids)))), len(ids) - 1)
+        held = {int(i) for i in rng.choice(ids, size=k, replace=False)}
+        for a in agents:
+            summary["per_archetype"][a["archetype"]]["held_out"] += int(a["id"] in held)
+        summary["rule"] = ("overall: no archetype has 2 agents, so max(1, round(fraction*N)) agents drawn over all; "
+                           "their archetypes are unseen in training")
+    names = {a["id"]: a["username"] for a in agents}
+    summary["held_out"] = sorted(names[i] for i in held)
+    return held, summary
 
 
 class _MemoryHistory:
@@ -110,7 +132,7 @@ def export_pairs(store, config: ExportConfig | dict | None = None, verbose: bool
     """Build train / held-out ChatML pairs from a simulation store.
 
     Args:
-        store: a :class:`~weakstrong.agentsim.SQLiteStore` (or a database path).
+        store: a :class:`~weakstrong.agentsim.Store`, an SQLite path or a ``postgresql://`` URL.
         config: an :class:`ExportConfig` or dict; keyword ``overrides`` replace single fields.
         verbose: print the counts.
 
@@ -120,10 +142,9 @@ def export_pairs(store, config: ExportConfig | dict | None = None, verbose: bool
     """
     from datasets import Dataset, DatasetDict
 
-    from .store import SQLiteStore
+    from .store import open_store
 
-    if not isinstance(store, SQLiteStore):
-        store = SQLiteStore(store)
+    store = open_store(store)
     if config is None:
         config = ExportConfig.from_dict(overrides)
     else:
@@ -162,7 +183,7 @@ def export_pairs(store, config: ExportConfig | dict | None = None, verbose: bool
     # split
     last_day = int(store.scalar("SELECT MAX(day) FROM ticks") or 0)
     if config.split == "agent":
-        held = _held_out_agents(list(agents.values()), config.held_out_fraction, config.seed)
+        held, split_summary = held_out_agents(list(agents.values()), config.held_out_fraction, config.seed)
         is_test = lambda it: it["agent_id"] in held  # noqa: E731
     else:
         first_test_day = last_day - config.held_out_days + 1
@@ -170,6 +191,9 @@ def export_pairs(store, config: ExportConfig | dict | None = None, verbose: bool
             raise ConfigError(f"held_out_days={config.held_out_days} leaves no training day (the run has "
                               f"{last_day + 1} days); lower held_out_days")
         is_test = lambda it: config.held_out_days > 0 and it["day"] >= first_test_day  # noqa: E731
+        split_summary = {"kind": "time", "held_out_days": config.held_out_days,
+                         "rule": (f"days {first_test_day}..{last_day} (0-based) held out, every agent in both"
+                                  if config.held_out_days else "none")}
     splits = {"train": [i for i in items if not is_test(i)], "test": [i for i in items if is_test(i)]}
 
     # stratification cap per archetype (train only), highest engagement first
@@ -214,6 +238,7 @@ def export_pairs(store, config: ExportConfig | dict | None = None, verbose: bool
     dd = DatasetDict(data)
     dd.counts = dict(counts)
     dd.counts["per_archetype"] = {k: dict(v) for k, v in sorted(per_arch.items())}
+    dd.counts["split"] = split_summary
     dd.counts["config"] = asdict(config)
     if verbose:
         print(format_counts(dd.counts))
@@ -226,6 +251,12 @@ def format_counts(counts: dict) -> str:
             "dropped_comment_low_parent", "dropped_comments_excluded", "dropped_archetype_cap", "train_items",
             "test_items", "oversampled_items", "train_pairs", "test_pairs"]
     lines = ["export counts: " + ", ".join(f"{k}={counts.get(k, 0)}" for k in keys)]
+    split = counts.get("split")
+    if split:
+        line = f"held-out split ({split['kind']}): {split.get('rule')}"
+        if split.get("held_out"):
+            line += f"; {len(split['held_out'])} agents held out: {', '.join(split['held_out'])}"
+        lines.append(line)
     arch = counts.get("per_archetype", {})
     if arch:
         lines.append("pairs per archetype (train/test): " + "; ".join(

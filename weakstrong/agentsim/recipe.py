@@ -3,6 +3,7 @@
 One file drives a whole run::
 
     run_dir: runs/agentsim-small          # sim.db, pairs/, telemetry.*, model/, eval/
+    store: postgresql://user@host:5432/db?schema=small   # optional: the simulation database (default RUN_DIR/sim.db)
     simulation: {agents: 12, days: 3, ...} # SimulationConfig fields
     backend: {type: transformers, model: default, batch_size: 16}
     export: {split: time, ...}             # ExportConfig fields
@@ -26,7 +27,7 @@ import yaml
 
 from .config import ConfigError
 
-SECTIONS = ("run_dir", "simulation", "backend", "export", "evaluate", "env")
+SECTIONS = ("run_dir", "store", "simulation", "backend", "export", "evaluate", "env")
 EVALUATE_KEYS = {"n_agents", "per_category", "judge", "judge_mode", "memory_variant", "temperature", "max_new_tokens",
                  "judge_temperature", "judge_retries", "judge_max_new_tokens", "n_boot", "seed", "batch_size",
                  "tuned_model", "report_dir"}
@@ -43,6 +44,8 @@ def load_recipe(path) -> dict:
     if "run_dir" not in data:
         raise ConfigError(f"{path} has no run_dir: add e.g. 'run_dir: runs/agentsim-small'")
     data["run_dir"] = str(Path(data["run_dir"]).expanduser())
+    if "store" in data and not isinstance(data["store"], str):
+        raise ConfigError(f"{path}: 'store' must be an SQLite path or a postgresql:// URL, got {data['store']!r}")
     for key in ("simulation", "backend", "export", "evaluate"):
         if key in data and not isinstance(data[key], dict):
             raise ConfigError(f"{path}: '{key}' must be a mapping, got {type(data[key]).__name__}")
@@ -74,6 +77,21 @@ def make_backend(spec: dict | None):
     if kind == "scripted":
         return ScriptedBackend()
     raise ConfigError(f"backend type {kind!r} is not one of 'transformers', 'openai', 'scripted'")
+
+
+def store_spec(recipe: dict) -> str:
+    """Where the recipe's simulation lives: its ``store`` (SQLite path or ``postgresql://`` URL) or RUN_DIR/sim.db."""
+    return str(recipe.get("store") or paths(recipe)["db"])
+
+
+def open_recipe_store(recipe: dict, must_exist: bool = True):
+    """The recipe's store, opened; ``must_exist``: an SQLite file that is not there is an error naming the fix."""
+    from .store import is_postgres_url, open_store
+
+    spec = store_spec(recipe)
+    if must_exist and not is_postgres_url(spec) and not Path(spec).is_file():
+        raise FileNotFoundError(f"{spec} not found: run the simulate step first")
+    return open_store(spec)
 
 
 def paths(recipe: dict) -> dict:
