@@ -75,7 +75,8 @@ def check_finite(module, name: str) -> None:
 
 
 class _SelectionLog(TrainerCallback):
-    """Writes the phase-2 statistics into the run's log (step 0), once the Trainer state of the run exists."""
+    """Writes the phase-2 statistics into the run's log (step 0), once the Trainer state of the run exists; on a
+    resume, continues the ``num_tokens`` count of the interrupted run (SFTTrainer restarts it at 0)."""
 
     def __init__(self, trainer):
         self.trainer = trainer
@@ -84,6 +85,9 @@ class _SelectionLog(TrainerCallback):
         logs, self.trainer._pending_selection_log = self.trainer._pending_selection_log, None
         if logs:
             self.trainer.log(logs)
+        counted = [h["num_tokens"] for h in state.log_history if "num_tokens" in h and "loss" in h]
+        if state.global_step > 0 and counted:
+            self.trainer._total_train_tokens = int(counted[-1])
 
 
 class WMSSTrainer(SFTTrainer):
