@@ -211,6 +211,7 @@ def test_two_processes_equal_one(launcher, kind, reference, tiny_dir, curriculum
         shutil.copytree(out, resumed)
         shutil.rmtree(resumed / "round-1")
         shutil.copytree(round1 / "checkpoint-1", resumed / "round-1" / "checkpoint-1")
+        shutil.copytree(round1 / "selection", resumed / "round-1" / "selection")  # written before step 1
         journal = json.loads((resumed / "wmss_run.json").read_text())
         del journal["stages"]["round-1"], journal["selections"]["round-1"]
         (resumed / "wmss_run.json").write_text(json.dumps(journal))
