@@ -35,9 +35,30 @@ def make_args(tmp_path):
 
     def make(**overrides):
         base = dict(output_dir=str(tmp_path / "out"), report_to="none", per_device_train_batch_size=4,
-                    gradient_checkpointing=False, save_strategy="no", logging_steps=1, disable_tqdm=True,
-                    learning_rate=1e-3, use_cpu=True, seed=0)
+                    activation_checkpointing=False, save_strategy="no", logging_steps=1, disable_tqdm=True,
+                    learning_rate=1e-3, use_cpu=True, seed=0, dataloader_pin_memory=False)
         base.update(overrides)
         return WMSSConfig(**base)
 
     return make
+
+
+@pytest.fixture
+def pair():
+    """(strong, weak, tokenizer): two tiny Llamas with the same vocabulary and different weights."""
+    from weakstrong.models import tiny_model
+
+    strong, tok = tiny_model("llama", seed=0)
+    weak, _ = tiny_model("llama", seed=1)
+    return strong, weak, tok
+
+
+@pytest.fixture
+def prepared():
+    """``prepared(trainer)``: the trainer's prepared training rows as dicts of input_ids / labels (what SFT trains),
+    in the prepared dataset's order."""
+
+    def rows(trainer):
+        return [{"input_ids": list(r["input_ids"]), "labels": list(r["labels"])} for r in trainer._full_train_dataset]
+
+    return rows

@@ -1,11 +1,17 @@
-"""``WMSSConfig``: TRL's ``SFTConfig`` plus the WMSS knobs (mixing weight, sampling weights, rounds, phases)."""
+"""``WMSSConfig``: TRL's ``SFTConfig`` plus the knobs of one WMSS round (selection weights, mixing weight λ)."""
 
 from __future__ import annotations
 
+import dataclasses
+import enum
 from dataclasses import dataclass, field
+
 from trl import SFTConfig
 
 WEIGHT_FORMULAS = ("paper", "official")
+#: WMSSConfig fields that define what a round draws and trains: a resume with other values refuses
+IDENTITY_FIELDS = ("mix_lambda", "alpha", "beta", "gamma", "weight_formula", "dedup", "selection", "selection_seed",
+                   "freeze_weak")
 
 
 def _bf16_supported() -> bool:
@@ -14,19 +20,46 @@ def _bf16_supported() -> bool:
     return bool(torch.cuda.is_available() and torch.cuda.is_bf16_supported())
 
 
+def config_from(cls, other, **overrides):
+    """A ``cls`` (a TrainingArguments dataclass) with every init field of ``other`` that ``cls`` has, then
+    ``overrides``. Unlike ``cls(**other.to_dict())`` it keeps the ``*_token`` fields (``to_dict`` redacts them to
+    ``"<HUB_TOKEN>"``-style placeholders) and passes only values that differ from ``cls``'s defaults."""
+    defaults = {f.name: f.default for f in dataclasses.fields(cls) if f.init
+                and f.default is not dataclasses.MISSING}
+    names = {f.name for f in dataclasses.fields(cls) if f.init}
+    kwargs = {}
+    for f in dataclasses.fields(other):
+        if not f.init or f.name not in names or f.name in overrides:
+            continue
+        value = getattr(other, f.name)
+        if isinstance(value, enum.Enum):
+            value = value.value
+        if f.name.startswith("gradient_checkpointing"):  # deprecated mirrors of activation_checkpointing*
+            continue
+        if f.name in defaults and value == defaults[f.name]:
+            continue
+        kwargs[f.name] = value
+    if "accelerator_config" in kwargs and hasattr(kwargs["accelerator_config"], "to_dict"):
+        kwargs["accelerator_config"] = kwargs["accelerator_config"].to_dict()
+    kwargs.update(overrides)
+    return cls(**kwargs)
+
+
 @dataclass
 class WMSSConfig(SFTConfig):
     r"""
-    Configuration for [`WMSSTrainer`] (Weak-Driven Learning, arXiv 2602.08222).
+    Configuration for [`WMSSTrainer`]: one round of Weak-Driven Learning (arXiv 2602.08222) — phase 2 (entropy-based
+    data selection) and phase 3 (joint training on the mixed logits `λ·z_strong + (1-λ)·z_weak`).
 
-    Every [`~trl.SFTConfig`] field keeps its meaning; `num_train_epochs` is not used (each phase has its own
-    length, `sft_epochs` and `wmss_epochs`), `max_steps > 0` caps every phase. One difference with TRL: `bf16` left
-    unset means bf16 only where the accelerator supports it (TRL turns it on and then fails on a CPU).
+    Every [`~trl.SFTConfig`] field keeps its meaning for this run: `num_train_epochs` / `max_steps` count phase-3
+    optimizer steps over the selected set, `learning_rate` is phase 3's, checkpoints are `output_dir/checkpoint-N`.
+    One difference with TRL: `bf16` left unset means bf16 only where the accelerator supports it (TRL turns it on and
+    then fails on a CPU). The whole method (M0 → SFT → K rounds) is [`run_wmss`].
 
     Parameters:
         mix_lambda (`float`, *optional*, defaults to `0.5`):
-            Weight λ of the strong logits in the mixture `z = λ·z_strong + (1-λ)·z_weak` trained in phase 3, in
-            (0, 1]. `1.0` trains the strong model alone (the "WD-DS only" ablation).
+            Weight λ of the strong logits in the mixture `z = λ·z_strong + (1-λ)·z_weak`, in (0, 1]. `1.0` trains the
+            strong model alone on the selected set (the "WD-DS only" ablation).
         alpha (`float`, *optional*, defaults to `0.1`):
             Sampling weight of the first term (see `weight_formula`).
         beta (`float`, *optional*, defaults to `0.8`):
@@ -36,48 +69,31 @@ class WMSSConfig(SFTConfig):
         weight_formula (`str`, *optional*, defaults to `"paper"`):
             `"paper"` (v2, Eq. 9): `p ∝ α·[-ΔH]₊ + β·H_strong + γ·[ΔH]₊`. `"official"` (released code):
             `p = α·H_weak/ΣH_weak + β·[-ΔH]₊/Σ[-ΔH]₊ + γ·[ΔH]₊/Σ[ΔH]₊`, renormalised. `ΔH = H_strong - H_weak`, per
-            example, mean over its completion tokens, in nats.
+            example, mean over the tokens the loss trains (the same tokens as SFT), in nats.
         dedup (`bool`, *optional*, defaults to `True`):
             Drop repeated indices from the weighted draw (the paper); `False` keeps them (the released code).
         selection (`bool`, *optional*, defaults to `True`):
-            Phase 2 data selection. `False` trains phase 3 on the whole training set (the "WD-JT only" ablation);
-            entropies are still measured and logged.
-        rounds (`int`, *optional*, defaults to `1`):
-            Number of selection + joint-training rounds. Round 1 starts with (weak, strong) = (M0, M1); each later
-            round uses (weak, strong) = (the strong model at the start of the previous round's phase 3, the
-            current strong model).
-        sft_epochs (`float`, *optional*, defaults to `1.0`):
-            Epochs of phase 1 (SFT, M0 → M1). `0` skips it. It is also skipped when `weak_model` is given: the model
-            passed to the trainer is then taken as already fine-tuned.
-        wmss_epochs (`float`, *optional*, defaults to `1.0`):
-            Epochs of phase 3 (joint training) over the selected set, per round.
-        sft_max_steps (`int`, *optional*, defaults to `-1`):
-            If > 0, the number of optimizer steps of phase 1 (overrides `sft_epochs` and `max_steps`).
-        wmss_max_steps (`int`, *optional*, defaults to `-1`):
-            If > 0, the number of optimizer steps of each phase 3 (overrides `wmss_epochs` and `max_steps`).
-        wmss_learning_rate (`float`, *optional*, defaults to `None`):
-            Learning rate of phase 3 (joint training); `None` uses `learning_rate` for every phase, as the paper does
-            (1e-5, global batch 512, 10% warmup). Phase 3 starts a fresh optimizer on an already fine-tuned strong
-            model: at a small batch and an SFT-sized rate the first (Adam) steps can undo phase 1 — on CPU with the
-            embedded model, batch 4, phase 3 at 1e-4 took held-out accuracy from 19% to 3% while 2e-5 kept it (see
-            benchmarks/README.md). Lower it when the strong model's own CE (`strong_ce`) rises during phase 3.
-        freeze_weak (`bool`, *optional*, defaults to `False`):
-            Keep the weak model fixed in phase 3. By default both models are updated (paper's Algorithm 1). In LoRA
-            mode round 1's weak model is the base model with the adapter disabled and is always frozen.
-        weak_model (`str` or model, *optional*):
-            The weak model: `None` is the starting model M0 (a copy is kept before phase 1), else a path, hub id,
-            `"default"` or a loaded model with the same vocabulary.
-        weak_model_init_kwargs (`dict`, *optional*):
-            Keyword arguments for `from_pretrained` when `weak_model` is a string.
-        entropy_batch_size (`int`, *optional*, defaults to `8`):
-            Batch size of the phase-2 entropy passes (forward only, no gradients).
+            Phase 2 data selection. `False` trains on the whole training set (the "WD-JT only" ablation); entropies
+            are still measured and logged.
         selection_seed (`int`, *optional*):
             Seed of the weighted draw; defaults to `seed`.
+        freeze_weak (`bool`, *optional*, defaults to `False`):
+            Keep the weak model fixed. By default both models are updated (the paper's Algorithm 1; its Table 3 finds
+            a frozen weak model clearly worse). In LoRA mode the weak model is a second adapter on the same base
+            weights, trainable unless `freeze_weak=True`.
+        weak_model_init_kwargs (`dict`, *optional*):
+            Keyword arguments for `from_pretrained` when the weak model is given as a string; `None` uses
+            `model_init_kwargs`, so both models get the same dtype and attention implementation.
+        entropy_batch_size (`int`, *optional*, defaults to `8`):
+            Most examples per phase-2 entropy forward (no gradients).
+        entropy_max_tokens (`int`, *optional*, defaults to `16384`):
+            Token budget of a phase-2 forward: examples (sorted by length) are batched while `rows × longest` stays
+            within it (a longer example runs alone).
         collapse_tolerance (`float`, *optional*, defaults to `1e-3`):
             When the mean |ΔH| over the training set is below this (nats), weak ≈ strong: the collapse the paper
             warns about (App. B.5), and a loud warning is emitted.
         save_entropy_plots (`bool`, *optional*, defaults to `True`):
-            Write `round-<r>/entropies.png` (H_weak vs H_strong, ΔH histogram, weights) next to `entropies.jsonl`.
+            Write `output_dir/selection/entropies.png` next to `entropies.jsonl`.
     """
 
     _VALID_DICT_FIELDS = SFTConfig._VALID_DICT_FIELDS + ["weak_model_init_kwargs"]
@@ -98,36 +114,24 @@ class WMSSConfig(SFTConfig):
     selection: bool = field(
         default=True, metadata={"help": "Entropy-based data selection; False = joint training on the whole set."}
     )
-    rounds: int = field(default=1, metadata={"help": "Number of selection + joint-training rounds."})
-    sft_epochs: float = field(default=1.0, metadata={"help": "Epochs of phase 1 (SFT); 0 skips it."})
-    wmss_epochs: float = field(default=1.0, metadata={"help": "Epochs of phase 3 (joint training) per round."})
-    sft_max_steps: int = field(default=-1, metadata={"help": "If > 0, optimizer steps of phase 1."})
-    wmss_max_steps: int = field(default=-1, metadata={"help": "If > 0, optimizer steps of each phase 3."})
-    wmss_learning_rate: float | None = field(
-        default=None, metadata={"help": "Learning rate of phase 3 (joint training); None = learning_rate."}
-    )
-    freeze_weak: bool = field(default=False, metadata={"help": "Do not update the weak model in phase 3."})
-    weak_model: str | None = field(
-        default=None,
-        metadata={"help": "Weak model: None = the starting model M0; or a path, hub id or 'default'."},
-    )
-    weak_model_init_kwargs: dict | str | None = field(
-        default=None, metadata={"help": "Keyword arguments for from_pretrained of a string `weak_model`."}
-    )
-    entropy_batch_size: int = field(default=8, metadata={"help": "Batch size of the phase-2 entropy passes."})
     selection_seed: int | None = field(default=None, metadata={"help": "Seed of the weighted draw (default: seed)."})
+    freeze_weak: bool = field(default=False, metadata={"help": "Do not update the weak model."})
+    weak_model_init_kwargs: dict | str | None = field(
+        default=None,
+        metadata={"help": "from_pretrained kwargs of a string weak model; None = model_init_kwargs."},
+    )
+    entropy_batch_size: int = field(default=8, metadata={"help": "Most examples per phase-2 entropy forward."})
+    entropy_max_tokens: int = field(
+        default=16384, metadata={"help": "Padded tokens per phase-2 entropy forward (rows × longest)."}
+    )
     collapse_tolerance: float = field(
         default=1e-3, metadata={"help": "Warn when the mean |ΔH| (nats) is below this: weak ≈ strong."}
     )
-    save_entropy_plots: bool = field(default=True, metadata={"help": "Write the per-round entropy PNG."})
+    save_entropy_plots: bool = field(default=True, metadata={"help": "Write the entropy PNG of the selection."})
 
     def __post_init__(self):
         if self.bf16 is None and not self.fp16 and not _bf16_supported():
             self.bf16 = False
-        # A loaded weak model is kept out of the dataclass fields: arguments are serialised (to_dict, torch.save).
-        if self.weak_model is not None and not isinstance(self.weak_model, str):
-            self._weak_model_object = self.weak_model
-            self.weak_model = f"<{type(self.weak_model).__name__} object>"
         super().__post_init__()
         if not 0.0 < float(self.mix_lambda) <= 1.0:
             raise ValueError(
@@ -143,23 +147,15 @@ class WMSSConfig(SFTConfig):
                              "(defaults: alpha=0.1, beta=0.8, gamma=0.1), or selection=False to skip selection.")
         if self.weight_formula not in WEIGHT_FORMULAS:
             raise ValueError(f"weight_formula must be one of {WEIGHT_FORMULAS}, got {self.weight_formula!r}.")
-        if int(self.rounds) != self.rounds or self.rounds < 1:
-            raise ValueError(f"rounds must be an integer >= 1, got {self.rounds}.")
-        if self.sft_epochs < 0 or self.wmss_epochs <= 0:
-            raise ValueError(f"sft_epochs must be >= 0 and wmss_epochs > 0, got {self.sft_epochs} and {self.wmss_epochs}.")
-        if self.wmss_learning_rate is not None and not self.wmss_learning_rate > 0:
-            raise ValueError(f"wmss_learning_rate must be > 0 (or None to use learning_rate), got {self.wmss_learning_rate}.")
-        if self.entropy_batch_size < 1:
-            raise ValueError(f"entropy_batch_size must be >= 1, got {self.entropy_batch_size}.")
+        if self.entropy_batch_size < 1 or self.entropy_max_tokens < 1:
+            raise ValueError(f"entropy_batch_size and entropy_max_tokens must be >= 1, got {self.entropy_batch_size} "
+                             f"and {self.entropy_max_tokens}.")
         if self.packing:
-            raise ValueError("WMSS needs one example per row (per-example entropies): set packing=False.")
+            raise ValueError("WMSS measures one entropy per example, so it needs one example per row: set "
+                             "packing=False (padding_free=True is supported).")
 
-    @property
-    def weak_model_object(self):
-        """The loaded weak model passed as ``weak_model`` (not serialised), or None."""
-        return self.__dict__.get("_weak_model_object")
-
-    def __getstate__(self):
-        state = dict(self.__dict__)
-        state.pop("_weak_model_object", None)
-        return state
+    @classmethod
+    def from_sft_config(cls, sft_config, **overrides) -> "WMSSConfig":
+        """A WMSSConfig with every field of an ``SFTConfig`` / ``TrainingArguments`` (tokens included), then
+        ``overrides`` (e.g. ``output_dir``, ``mix_lambda``)."""
+        return config_from(cls, sft_config, **overrides)

@@ -1,146 +1,258 @@
 """Phase 3 of WMSS: the strong and weak models trained together on the cross entropy of their mixed logits.
 
-:class:`JointModel` is the one ``nn.Module`` the Trainer sees in phase 3 (so DDP/DeepSpeed wrapping, gradient
-clipping and the optimizer cover both branches). Two layouts:
+:class:`JointModel` is the one ``nn.Module`` the Trainer trains (so DDP/DeepSpeed wrapping, gradient clipping and the
+optimizer cover both branches). Two layouts:
 
-* full fine-tuning — two separate causal LMs, ``strong`` and ``weak`` (each with its own optimizer state);
-* LoRA — one PeftModel: the strong branch is its ``"default"`` adapter; the weak branch is either the base model
-  with the adapter disabled (then frozen) or a second adapter (``weak_adapter``) on the same base weights.
+* two models — ``strong`` and ``weak`` are separate causal LMs (full fine-tuning; each has its own optimizer state
+  unless ``freeze_weak``);
+* adapters (LoRA) — one PeftModel: the strong branch is its ``"default"`` adapter, the weak branch a second adapter
+  ``"weak"`` on the same base weights (zero-initialised = the base model M0, or loaded from an earlier round).
 
-:func:`mixed_loss` is the loss: token CE of ``softmax(λ·z_strong + (1-λ)·z_weak)`` over supervised completion
-tokens, computed by ``weakstrong.kernels.mixed_cross_entropy`` on the supervised positions only.
+:func:`mixed_loss` is the loss, from the last hidden states of both branches through
+``weakstrong.kernels.linear_mixed_cross_entropy``: token CE of ``softmax(λ·z_strong + (1-λ)·z_weak)`` over the
+supervised tokens, with the strong/weak entropies and NLLs of the same pass; no ``[N, V]`` logits of either model
+exist at once.
+
+Adapters and gradient checkpointing: the two branches run the same layers with different adapters, one after the
+other. A checkpointed layer recomputes its forward during backward, when the other adapter may be active; so in the
+adapters layout every checkpointed layer records the adapter active at its forward and re-activates it for the
+recomputation (:meth:`JointModel.activation_checkpointing_enable`). Adapters are switched on the LoRA layers only
+(``requires_grad`` is never touched), so a switch inside backward is harmless.
 """
 
 from __future__ import annotations
 
 import contextlib
+import functools
 from dataclasses import dataclass
 
 import torch
 from torch import nn
+from transformers.utils import ModelOutput
 
-from .selection import _kernels, supervised_logits
+from .selection import causal_lm_parts, head_weight, supervised_hidden, supervised_positions
+
+STRONG_ADAPTER = "default"
+WEAK_ADAPTER = "weak"
 
 
 @dataclass
-class JointOutput:
-    """Sums over this micro-batch's supervised tokens (divide by ``num_tokens`` for means)."""
+class JointOutput(ModelOutput):
+    """Sums over a micro-batch's supervised tokens (divide by ``num_tokens`` for means). ``loss_sum`` is
+    differentiable; the rest is detached. Weak statistics are 0 when λ = 1 (the weak model is not run)."""
 
-    loss_sum: torch.Tensor  # differentiable: summed mixed CE
-    num_tokens: torch.Tensor
-    strong_ce_sum: torch.Tensor  # detached: the strong model's own CE
-    strong_entropy_sum: torch.Tensor
-    weak_entropy_sum: torch.Tensor
+    loss_sum: torch.Tensor | None = None  # summed mixed CE (λ = 1: the strong CE)
+    num_tokens: torch.Tensor | None = None
+    strong_nll_sum: torch.Tensor | None = None  # the strong model's own CE
+    weak_nll_sum: torch.Tensor | None = None
+    strong_entropy_sum: torch.Tensor | None = None
+    weak_entropy_sum: torch.Tensor | None = None
+    logits: torch.Tensor | None = None  # only with output="strong_logits"
 
 
-def mixed_loss(strong_logits, weak_logits, targets, lam: float):
-    """``(summed mixed CE, per-token H_strong, per-token H_weak)``; λ = 1 is the strong model's own CE.
+def mixed_loss(strong_hidden, strong_weight, weak_hidden, weak_weight, targets, lam: float):
+    """``(summed mixed CE, per-token stats)`` from the supervised hidden states ``[N, H]`` and the heads ``[V, H]``.
 
-    Gradients: ``λ(P_mix - e_y)`` to the strong logits, ``(1-λ)(P_mix - e_y)`` to the weak logits.
+    Gradients: ``λ(P_mix - e_y)`` to the strong logits, ``(1-λ)(P_mix - e_y)`` to the weak logits (never built: the
+    kernel recomputes them chunk by chunk). ``stats`` holds detached per-token ``strong_nll``, ``weak_nll``,
+    ``strong_entropy``, ``weak_entropy`` (weak ones ``None`` at λ = 1, where the weak model is not needed and
+    ``weak_hidden`` may be ``None``: one pass gives the loss, the strong CE and the strong entropy).
     """
-    entropy_from_logits, mixed_cross_entropy, selective_log_softmax = _kernels()
-    if weak_logits is None:  # λ = 1: the weak model does not enter the loss
-        logp = selective_log_softmax(strong_logits, targets)
-        with torch.no_grad():
-            h = entropy_from_logits(strong_logits.detach()).float()
-        return -logp.float().sum(), h, torch.zeros_like(h)
-    return mixed_cross_entropy(strong_logits, weak_logits, targets, lam=lam, reduction="sum", return_entropies=True)
+    from weakstrong.kernels import linear_mixed_cross_entropy, linear_selective_log_softmax_and_entropy
+
+    if lam == 1.0:
+        logp, ent = linear_selective_log_softmax_and_entropy(strong_hidden, strong_weight, targets)
+        nll = -logp.detach()
+        return -logp.sum(), {"strong_nll": nll, "strong_entropy": ent.detach(), "weak_nll": None,
+                             "weak_entropy": None}
+    loss, st = linear_mixed_cross_entropy(strong_hidden, strong_weight, weak_hidden, weak_weight, targets, lam=lam,
+                                          reduction="sum", return_stats=True)
+    return loss, {"strong_nll": st.strong_nll, "strong_entropy": st.strong_entropy, "weak_nll": st.weak_nll,
+                  "weak_entropy": st.weak_entropy}
+
+
+def _lora_layers(peft_model):
+    from peft.tuners.tuners_utils import BaseTunerLayer
+
+    return [m for m in peft_model.modules() if isinstance(m, BaseTunerLayer)]
 
 
 class JointModel(nn.Module):
-    """Strong + weak causal LMs whose forward returns the mixed-logit loss (see module docstring).
+    """Strong + weak causal LMs whose forward returns the mixed-logit loss and its statistics (module docstring).
 
     Args:
-        strong: the strong causal LM, or the PeftModel in LoRA mode.
-        weak: the weak causal LM (full mode); ``None`` in LoRA mode.
+        strong: the strong causal LM (a PeftModel in the adapters layout).
+        weak: the weak causal LM (two-models layout), or ``None`` for the adapters layout (adapter ``"weak"`` on
+            ``strong``).
         lam: λ, the strong logits' weight.
         freeze_weak: no gradient to the weak branch.
-        weak_adapter: LoRA mode only: name of the weak adapter, or ``None`` = base model with adapters disabled.
-        strong_adapter: LoRA mode only: name of the strong adapter.
     """
 
-    def __init__(self, strong, weak=None, lam: float = 0.5, freeze_weak: bool = False,
-                 weak_adapter: str | None = None, strong_adapter: str = "default"):
+    _keys_to_ignore_on_save = None
+    main_input_name = "input_ids"
+    accepts_loss_kwargs = True  # the mixed loss is normalised by num_items_in_batch (gradient accumulation)
+
+    def __init__(self, strong, weak=None, lam: float = 0.5, freeze_weak: bool = False):
         super().__init__()
         self.strong = strong
-        self.lora = weak is None
-        if not self.lora:
+        self.adapters = weak is None
+        if not self.adapters:
             self.weak = weak
         self.lam = float(lam)
-        self.weak_adapter = weak_adapter
-        self.strong_adapter = strong_adapter
-        # the base model with adapters disabled cannot be trained; nor can a weak model that λ = 1 leaves out
-        self.freeze_weak = bool(freeze_weak or (self.lora and weak_adapter is None) or self.lam == 1.0)
-        self.config = getattr(strong, "config", None)
-        self._set_trainable()
+        self.freeze_weak = bool(freeze_weak or self.lam == 1.0)  # λ = 1 leaves the weak model out of the loss
+        self._active = STRONG_ADAPTER
+        self._layers = _lora_layers(strong) if self.adapters else []
+        if self.adapters and WEAK_ADAPTER not in strong.peft_config:
+            raise ValueError(f"the adapters layout needs a {WEAK_ADAPTER!r} adapter on the strong PeftModel")
+        self._zero3_registered = False
+        self.set_trainable()
 
-    # ------------------------------------------------------------------ branches
-    def _set_trainable(self):
-        if self.lora:
-            names = [self.strong_adapter] + ([self.weak_adapter] if self.weak_adapter and not self.freeze_weak else [])
-            self.strong.set_adapter(self.strong_adapter)
-            if self.weak_adapter is not None:
-                self.strong.set_requires_grad(self.weak_adapter, requires_grad=not self.freeze_weak)
-            self.strong.set_requires_grad(names, requires_grad=True)
-        elif self.freeze_weak:
-            self.weak.requires_grad_(False)
+    # ------------------------------------------------------------------ transformers-facing attributes
+    @property
+    def config(self):
+        return self.strong.config
+
+    @property
+    def generation_config(self):
+        return getattr(self.strong, "generation_config", None)
+
+    @property
+    def _no_split_modules(self):  # FSDP auto-wrap policy
+        return getattr(self.strong, "_no_split_modules", None)
+
+    def weak_module(self):
+        return self.strong if self.adapters else self.weak
+
+    # ------------------------------------------------------------------ trainability
+    def set_trainable(self):
+        """Strong trainable; weak trainable unless frozen (adapters layout: only the LoRA weights of each)."""
+        if self.adapters:
+            self.strong.set_requires_grad([STRONG_ADAPTER], requires_grad=True)
+            self.strong.set_requires_grad([WEAK_ADAPTER], requires_grad=not self.freeze_weak)
         else:
-            self.weak.requires_grad_(True)
+            self.weak.requires_grad_(not self.freeze_weak)
+
+    # ------------------------------------------------------------------ adapter switching
+    @contextlib.contextmanager
+    def adapter(self, name: str):
+        """Activate one adapter on every LoRA layer (adapters layout; a no-op otherwise). Only the layers' active
+        adapter changes (not ``requires_grad``, not the PeftModel's own ``active_adapter`` used for saving)."""
+        if not self.adapters or name == self._active:
+            yield
+            return
+        previous = self._active
+        self._set_active(name)
+        try:
+            yield
+        finally:
+            self._set_active(previous)
+
+    def _set_active(self, name: str):
+        for layer in self._layers:
+            layer._active_adapter = [name]
+        self._active = name
 
     @contextlib.contextmanager
     def branch(self, which: str):
-        """Context in which ``self.module_for(which)`` computes that branch (switches LoRA adapters)."""
-        if not self.lora:
-            yield self.strong if which == "strong" else self.weak
-            return
-        peft = self.strong
-        if which == "strong":
-            yield peft
-            return
-        if self.weak_adapter is None:
-            with peft.disable_adapter():
-                yield peft
-            self._set_trainable()  # disable_adapter toggles requires_grad; restore before the strong pass
-            return
-        peft.set_adapter(self.weak_adapter)
-        self._fix_lora_grads()
-        try:
-            yield peft
-        finally:
-            peft.set_adapter(self.strong_adapter)
-            self._fix_lora_grads()
+        """``with joint.branch("weak") as module:`` — the module computing that branch."""
+        if which not in ("strong", "weak"):
+            raise ValueError(f"branch must be 'strong' or 'weak', got {which!r}")
+        with self.adapter(STRONG_ADAPTER if which == "strong" else WEAK_ADAPTER):
+            yield self.strong if (which == "strong" or self.adapters) else self.weak
 
-    def _fix_lora_grads(self):
-        # peft's set_adapter freezes the inactive adapter; both stay trainable here
-        names = [self.strong_adapter] + ([self.weak_adapter] if not self.freeze_weak else [])
-        self.strong.set_requires_grad(names, requires_grad=True)
-        if self.freeze_weak and self.weak_adapter is not None:
-            self.strong.set_requires_grad(self.weak_adapter, requires_grad=False)
+    def _pinned(self, checkpoint_func):
+        """Wrap a layer's checkpoint function so that its recomputation runs with the adapter of its forward."""
+        if getattr(checkpoint_func, "_wmss_pinned", False):
+            return checkpoint_func
+        joint = self
 
-    def branch_logits(self, which: str, input_ids, attention_mask=None, labels=None, **kwargs):
-        with self.branch(which) as module:
-            return supervised_logits(module, input_ids, attention_mask, labels, **kwargs)
+        def run(function, *args, **kwargs):
+            name = joint._active
+
+            def replay(*a, **k):
+                with joint.adapter(name):
+                    return function(*a, **k)
+
+            return checkpoint_func(replay, *args, **kwargs)
+
+        run._wmss_pinned = True
+        return functools.wraps(checkpoint_func)(run) if hasattr(checkpoint_func, "__name__") else run
+
+    def activation_checkpointing_enable(self, activation_checkpointing_kwargs=None, every_n_layers: int = 1,
+                                        offload: bool = False):
+        kw = dict(activation_checkpointing_kwargs=activation_checkpointing_kwargs, every_n_layers=every_n_layers,
+                  offload=offload)
+        for m in (self.strong,) + (() if self.adapters else (self.weak,)):
+            m.activation_checkpointing_enable(**kw)
+        if self.adapters:
+            for module in self.strong.modules():
+                func = module.__dict__.get("_gradient_checkpointing_func")
+                if func is not None:
+                    module._gradient_checkpointing_func = self._pinned(func)
+
+    def gradient_checkpointing_enable(self, gradient_checkpointing_kwargs=None, **kwargs):
+        self.activation_checkpointing_enable(gradient_checkpointing_kwargs, **kwargs)
+
+    def activation_checkpointing_disable(self):
+        for m in (self.strong,) + (() if self.adapters else (self.weak,)):
+            m.activation_checkpointing_disable()
+
+    gradient_checkpointing_disable = activation_checkpointing_disable
+
+    # ------------------------------------------------------------------ ZeRO-3
+    def heads(self):
+        """The LM head modules of the strong and weak branches (the same module in the adapters layout)."""
+        _, hs = causal_lm_parts(self.strong)
+        _, hw = causal_lm_parts(self.weak_module())
+        return hs, hw
+
+    def register_zero3_heads(self):
+        """Under ZeRO-3, register the head weights as external parameters of this module: the kernels read them
+        directly (never through the head's forward), in the forward and again in the backward, so DeepSpeed must
+        gather them for this module's forward and backward. Idempotent; a no-op without ZeRO-3."""
+        if self._zero3_registered:
+            return
+        params = {id(h.weight): h.weight for h in self.heads() if hasattr(h.weight, "ds_id")}
+        if params:
+            import deepspeed
+
+            for p in params.values():
+                deepspeed.zero.register_external_parameter(self, p)
+        self._zero3_registered = True
 
     # ------------------------------------------------------------------ forward
-    def forward(self, input_ids, attention_mask=None, labels=None, **kwargs) -> JointOutput:
-        for k in ("num_items_in_batch", "use_cache", "fused_lm_head", "return_dict"):
+    def forward(self, input_ids=None, labels=None, output: str = "loss", **kwargs) -> JointOutput:
+        """``output="loss"``: the mixed loss and statistics (:class:`JointOutput`). ``output="strong_logits"``: the
+        strong model's full logits ``[B, T, V]`` (only for ``compute_metrics``)."""
+        for k in ("num_items_in_batch", "use_cache", "return_dict", "fused_lm_head"):
             kwargs.pop(k, None)
-        weak_logits = None
+        batch = {"input_ids": input_ids, "labels": labels, **kwargs}
+        if output == "strong_logits":
+            with self.branch("strong") as m:
+                return JointOutput(logits=m(input_ids=input_ids, **kwargs, use_cache=False).logits)
+        if output != "loss":
+            raise ValueError(f"output must be 'loss' or 'strong_logits', got {output!r}")
+        from trl.trainer.utils import maybe_gather_lm_head_ctx
+
+        mask, targets, _ = supervised_positions(batch)
+        head_s, head_w = self.heads()
+        h_weak = None
         if self.lam < 1.0:
-            with contextlib.nullcontext() if not self.freeze_weak else torch.no_grad():
-                weak_logits, _, _ = self.branch_logits("weak", input_ids, attention_mask, labels, **kwargs)
-        strong_logits, targets, _ = self.branch_logits("strong", input_ids, attention_mask, labels, **kwargs)
-        _, _, selective_log_softmax = _kernels()
-        loss_sum, h_strong, h_weak = mixed_loss(strong_logits, weak_logits, targets, self.lam)
-        with torch.no_grad():
-            strong_ce = -selective_log_softmax(strong_logits.detach(), targets).float().sum()
-        n = torch.as_tensor(targets.numel(), device=strong_logits.device)
-        return JointOutput(loss_sum, n, strong_ce, h_strong.float().sum(), h_weak.float().sum())
+            grad = torch.is_grad_enabled() and not self.freeze_weak
+            with self.branch("weak") as m, torch.set_grad_enabled(grad):
+                h_weak = supervised_hidden(m, batch, mask)
+        with self.branch("strong") as m:
+            h_strong = supervised_hidden(m, batch, mask)
+        with maybe_gather_lm_head_ctx(head_s.weight, head_w.weight):
+            w_s = head_weight(head_s)
+            w_w = head_weight(head_w) if self.lam < 1.0 else None
+            loss_sum, st = mixed_loss(h_strong, w_s, h_weak, w_w, targets, self.lam)
+        zero = loss_sum.new_zeros(())
 
-    # ------------------------------------------------------------------ Trainer hooks
-    def activation_checkpointing_enable(self, **kwargs):
-        for m in (self.strong,) + (() if self.lora else (self.weak,)):
-            fn = getattr(m, "activation_checkpointing_enable", None) or getattr(m, "gradient_checkpointing_enable")
-            fn(**kwargs)
+        def total(x):
+            return zero if x is None else x.float().sum()
 
-    gradient_checkpointing_enable = activation_checkpointing_enable
+        return JointOutput(loss_sum=loss_sum, num_tokens=torch.as_tensor(targets.numel(), device=loss_sum.device),
+                           strong_nll_sum=total(st["strong_nll"]), weak_nll_sum=total(st["weak_nll"]),
+                           strong_entropy_sum=total(st["strong_entropy"]),
+                           weak_entropy_sum=total(st["weak_entropy"]))

@@ -1,7 +1,8 @@
 """Phase 2 of WMSS: per-example entropies, sampling weights, the weighted draw.
 
-* :func:`example_entropies` — teacher-forced mean entropy (nats) of a model over each example's supervised
-  completion tokens; the logits at position t predict token t+1, so label t+1 selects position t.
+* :func:`example_entropies` — teacher-forced mean entropy (nats) of a model over the tokens each example's loss
+  trains (the same labels as SFT); position t predicts token t+1, so label t+1 selects position t. Computed from
+  the last hidden states with the chunked kernel: no ``[N, V]`` logits.
 * :func:`sampling_weights` — the paper's formula (v2 Eq. 9) or the released code's, as a probability vector.
 * :func:`resample` — the seeded draw with replacement, optionally de-duplicated.
 """
@@ -16,15 +17,6 @@ import torch
 from .config import WEIGHT_FORMULAS
 
 IGNORE_INDEX = -100
-
-
-def _kernels():
-    try:
-        from weakstrong.kernels import entropy_from_logits, mixed_cross_entropy, selective_log_softmax
-    except ImportError:  # the package __init__ may not re-export yet
-        from weakstrong.kernels.entropy import entropy_from_logits, selective_log_softmax
-        from weakstrong.kernels.mixed_ce import mixed_cross_entropy
-    return entropy_from_logits, mixed_cross_entropy, selective_log_softmax
 
 
 # --------------------------------------------------------------------------------------------- sampling
@@ -128,11 +120,11 @@ def causal_lm_parts(model):
     """``(backbone, lm_head)`` of a causal LM (a PeftModel is looked through; its adapters stay in the layers)."""
     lm = model.get_base_model() if hasattr(model, "get_base_model") else model
     config = lm.config.get_text_config() if hasattr(lm.config, "get_text_config") else lm.config
-    for attr in ("final_logit_softcapping", "logit_scale", "logits_scaling", "output_multiplier"):
+    for attr in ("final_logit_softcapping", "logit_scale", "logits_scaling", "output_multiplier", "lm_head_multiplier"):
         if getattr(config, attr, None) not in (None, 1.0):
             raise NotImplementedError(
-                f"{type(lm).__name__} transforms its logits ({attr}={getattr(config, attr)}); WMSS computes logits from "
-                "the last hidden state and does not support this yet."
+                f"{type(lm).__name__} transforms its logits ({attr}={getattr(config, attr)}); WMSS computes the loss "
+                "from the last hidden state and the LM head weight, and does not support this yet."
             )
     backbone = lm.base_model if lm.base_model is not lm else None
     if backbone is None:
@@ -140,134 +132,141 @@ def causal_lm_parts(model):
     return backbone, lm.get_output_embeddings()
 
 
-def supervised_logits(model, input_ids, attention_mask=None, labels=None, **kwargs):
-    """Logits ``[N, V]`` at the positions that predict a supervised token, and those tokens ``[N]``.
+def head_weight(head) -> torch.Tensor:
+    """The LM head's ``[V, H]`` weight, for the hidden-state kernels (which read it directly).
 
-    ``labels`` are aligned with ``input_ids`` (the TRL convention, -100 = not trained); position t predicts label
-    t+1. Only the N supervised positions go through the LM head. Also returns the row of each position ``[N]``.
+    Refuses what those kernels would silently get wrong: a bias, a PEFT adapter or ``modules_to_save`` copy on the
+    head. An FSDP2-sharded weight (DTensor) is all-gathered (differentiably), as TRL's fused LM head does.
     """
-    backbone, head = causal_lm_parts(model)
-    hidden = backbone(input_ids=input_ids, attention_mask=attention_mask, use_cache=False, **kwargs).last_hidden_state
+    if getattr(head, "bias", None) is not None:
+        raise NotImplementedError("The LM head has a bias; WMSS's hidden-state losses support bias-free heads only.")
+    if not isinstance(getattr(head, "weight", None), torch.Tensor) or hasattr(head, "base_layer") \
+            or hasattr(head, "modules_to_save"):
+        raise NotImplementedError(
+            f"The LM head is wrapped ({type(head).__name__}): a LoRA adapter or modules_to_save on lm_head is not "
+            "supported by WMSS (the losses read the head weight directly). Fix: leave lm_head out of "
+            "target_modules / modules_to_save.")
+    weight = head.weight
+    try:
+        from torch.distributed.tensor import DTensor
+    except ImportError:  # pragma: no cover
+        DTensor = ()
+    if isinstance(weight, DTensor):
+        weight = weight.full_tensor()
+    return weight
+
+
+def forward_inputs(batch: dict) -> dict:
+    """The model inputs of a collated batch (everything but the labels)."""
+    return {k: v for k, v in batch.items() if k not in ("labels", "num_items_in_batch")}
+
+
+def supervised_positions(batch: dict):
+    """``(mask [B, T-1], targets [N], example [N])``: positions t whose next label is trained (-100 = not), the
+    label they predict and the example each belongs to (its row, or with padding-free batches its ``seq_idx``)."""
+    labels = batch["labels"]
     targets = labels[:, 1:]
     mask = targets != IGNORE_INDEX
-    h = hidden[:, :-1][mask]
-    logits = head(h.to(head.weight.dtype))
-    rows = torch.arange(labels.shape[0], device=labels.device).unsqueeze(1).expand_as(targets)[mask]
-    return logits, targets[mask], rows
-
-
-# --------------------------------------------------------------------------------------------- tokenization
-
-
-def tokenize_example(tokenizer, example: dict, max_length: int | None = None) -> dict:
-    """``input_ids`` and ``labels`` (-100 on the prompt) of a prompt/completion or messages example."""
-    if "input_ids" in example:
-        ids = list(example["input_ids"])
-        labels = list(example["labels"]) if "labels" in example else list(ids)
+    if "seq_idx" in batch:  # padding-free: one row holding every sequence
+        example = batch["seq_idx"][:, 1:].to(labels.device)[mask].long()
+    elif "position_ids" in batch and "attention_mask" not in batch:
+        starts = (batch["position_ids"] == 0).long().cumsum(-1) - 1
+        example = starts[:, 1:][mask]
     else:
-        if "messages" in example and "prompt" not in example:
-            example = messages_to_prompt_completion(example)
-        prompt, completion = example["prompt"], example["completion"]
-        if isinstance(prompt, list):  # conversational
-            p_ids = tokenizer.apply_chat_template(prompt, add_generation_prompt=True, tokenize=True, return_dict=True)["input_ids"]
-            ids = tokenizer.apply_chat_template(prompt + completion, tokenize=True, return_dict=True)["input_ids"]
-        else:
-            eos = tokenizer.eos_token or ""
-            text = completion if completion.endswith(eos) else completion + eos
-            p_ids = tokenizer(prompt, add_special_tokens=False)["input_ids"]
-            ids = tokenizer(prompt + text, add_special_tokens=False)["input_ids"]
-        k = 0
-        while k < min(len(p_ids), len(ids)) and p_ids[k] == ids[k]:
-            k += 1
-        labels = [IGNORE_INDEX] * k + ids[k:]
-    if max_length is not None:
-        ids, labels = ids[:max_length], labels[:max_length]
-    return {"input_ids": ids, "labels": labels}
+        example = torch.arange(labels.shape[0], device=labels.device).unsqueeze(1).expand_as(targets)[mask]
+    return mask, targets[mask], example
 
 
-def messages_to_prompt_completion(example: dict) -> dict:
-    """Split a conversation at its final assistant turn(s): everything before is the prompt."""
-    messages = list(example["messages"])
-    k = len(messages)
-    while k > 0 and messages[k - 1]["role"] == "assistant":
-        k -= 1
-    if k == len(messages) or k == 0:
-        raise ValueError("a 'messages' example must end with an assistant turn and start with another role")
-    return {"prompt": messages[:k], "completion": messages[k:]}
-
-
-def unsupervised_rows(labels_per_row: Sequence[Sequence[int]], names: Sequence | None = None) -> list:
-    """Rows with no supervised (predictable) token: labels[1:] all -100."""
-    bad = []
-    for i, labels in enumerate(labels_per_row):
-        if not any(x != IGNORE_INDEX for x in list(labels)[1:]):
-            bad.append(names[i] if names is not None else i)
-    return bad
-
-
-def no_supervised_tokens_error(rows: list) -> ValueError:
-    shown = ", ".join(str(r) for r in rows[:20]) + (" ..." if len(rows) > 20 else "")
-    return ValueError(
-        f"{len(rows)} training example(s) have no supervised completion tokens (rows {shown}), so their entropy and "
-        "loss are undefined. Give each example a non-empty completion, or raise max_length (or shorten the prompt) "
-        "so the completion is not truncated away."
-    )
+def supervised_hidden(model, batch: dict, mask=None) -> torch.Tensor:
+    """Last hidden states ``[N, H]`` at the positions that predict a supervised token (see
+    :func:`supervised_positions`); the LM head is not applied, so no ``[N, V]`` logits are built."""
+    backbone, _ = causal_lm_parts(model)
+    if mask is None:
+        mask = supervised_positions(batch)[0]
+    hidden = backbone(**forward_inputs(batch), use_cache=False).last_hidden_state
+    return hidden[:, :-1][mask]
 
 
 # --------------------------------------------------------------------------------------------- entropies
 
 
+def budget_batches(lengths: Sequence[int], batch_size: int, max_tokens: int) -> list[list[int]]:
+    """Positions grouped for padded forwards: sorted by length, a batch grows while it has at most ``batch_size``
+    rows and ``rows × longest <= max_tokens`` (a longer example runs alone)."""
+    order = sorted(range(len(lengths)), key=lambda i: lengths[i])
+    batches, current, longest = [], [], 0
+    for i in order:
+        width = max(longest, lengths[i])
+        if current and (len(current) + 1 > batch_size or (len(current) + 1) * width > max_tokens):
+            batches.append(current)
+            current, width = [], lengths[i]
+        current.append(i)
+        longest = width
+    if current:
+        batches.append(current)
+    return batches
+
+
+def no_supervised_tokens_error(rows: list) -> ValueError:
+    shown = ", ".join(str(r) for r in rows[:20]) + (" ..." if len(rows) > 20 else "")
+    return ValueError(
+        f"{len(rows)} training example(s) have no supervised tokens (rows {shown}), so their entropy is undefined. "
+        "Give each example a non-empty completion / assistant turn, or raise max_length (or shorten the prompt) so "
+        "it is not truncated away."
+    )
+
+
 @torch.no_grad()
 def example_entropies(
     model,
-    dataset,
-    tokenizer=None,
+    rows: Sequence[dict],
+    collator=None,
+    pad_token_id: int = 0,
     batch_size: int = 8,
-    max_length: int | None = None,
-    pad_token_id: int | None = None,
+    max_tokens: int = 16384,
     progress: Callable[[int], None] | None = None,
 ) -> np.ndarray:
-    """Per-example mean entropy (nats) of ``model`` over each example's supervised completion tokens.
+    """Per-example mean entropy (nats) of ``model`` over the tokens each example's loss trains.
 
-    Teacher-forced on the gold completion: ``H(M; x) = mean_t -Σ_v P(v|c_t) log P(v|c_t)`` over the positions t
-    whose next token is supervised (logits at t predict token t+1). ``dataset`` rows are tokenized
-    (``input_ids`` + ``labels`` aligned with the ids, -100 where not trained, as TRL's ``SFTTrainer`` prepares
-    them) or raw prompt/completion or messages rows, tokenized with ``tokenizer``. Batched with right padding,
-    sorted by length; entropies via ``weakstrong.kernels.entropy_from_logits``. A PeftModel is measured with its
-    active adapter (wrap the call in ``model.disable_adapter()`` for the base model). Returns float64 ``[len]``.
+    Teacher-forced: ``H(M; x) = mean_t -Σ_v P(v|c_t) log P(v|c_t)`` over the positions t whose next label is not -100
+    (position t predicts token t+1). ``rows`` are prepared examples (``input_ids`` and ``labels``, as TRL's
+    ``SFTTrainer._prepare_dataset`` makes them: completion-only, assistant-only or every token); ``collator`` batches
+    them (default: TRL's ``DataCollatorForLanguageModeling``; padding-free batches are split back by ``seq_idx``). The
+    entropies come from the last hidden states through
+    ``weakstrong.kernels.linear_selective_log_softmax_and_entropy`` (no ``[N, V]`` logits). A PeftModel is measured
+    with its active adapter. Returns float64 ``[len(rows)]``.
     """
-    entropy_from_logits = _kernels()[0]
-    rows = [tokenize_example(tokenizer, dict(ex), max_length) if ("input_ids" not in ex or "labels" not in ex)
-            else {"input_ids": list(ex["input_ids"]), "labels": list(ex["labels"])} for ex in dataset]
-    bad = unsupervised_rows([r["labels"] for r in rows])
-    if bad:
-        raise no_supervised_tokens_error(bad)
-    if pad_token_id is None:
-        pad_token_id = 0 if tokenizer is None else (tokenizer.pad_token_id if tokenizer.pad_token_id is not None
-                                                    else tokenizer.eos_token_id)
+    from weakstrong.kernels import linear_selective_log_softmax_and_entropy
+
+    if collator is None:
+        from trl.trainer.sft_trainer import DataCollatorForLanguageModeling
+
+        collator = DataCollatorForLanguageModeling(pad_token_id=pad_token_id)
+    feats = [{k: list(r[k]) for k in ("input_ids", "labels", "seq_lengths") if k in r} for r in rows]
+    empty = [i for i, f in enumerate(feats) if not any(x != IGNORE_INDEX for x in f["labels"][1:])]
+    if empty:
+        raise no_supervised_tokens_error(empty)
     device = next(model.parameters()).device
+    _, head = causal_lm_parts(model)
     was_training = model.training
     model.eval()
-    out = np.zeros(len(rows), dtype=np.float64)
-    order = sorted(range(len(rows)), key=lambda i: len(rows[i]["input_ids"]))
+    out = np.zeros(len(feats), dtype=np.float64)
     try:
-        for start in range(0, len(order), batch_size):
-            idx = order[start : start + batch_size]
-            width = max(len(rows[i]["input_ids"]) for i in idx)
-            ids = torch.full((len(idx), width), pad_token_id, dtype=torch.long)
-            labels = torch.full((len(idx), width), IGNORE_INDEX, dtype=torch.long)
-            attn = torch.zeros((len(idx), width), dtype=torch.long)
-            for b, i in enumerate(idx):
-                n = len(rows[i]["input_ids"])
-                ids[b, :n] = torch.tensor(rows[i]["input_ids"])
-                labels[b, :n] = torch.tensor(rows[i]["labels"])
-                attn[b, :n] = 1
-            ids, labels, attn = ids.to(device), labels.to(device), attn.to(device)
-            logits, _, row = supervised_logits(model, ids, attn, labels)
-            ent = entropy_from_logits(logits).double()
-            sums = torch.zeros(len(idx), dtype=torch.float64, device=device).index_add_(0, row, ent)
-            counts = torch.bincount(row, minlength=len(idx)).clamp(min=1)
-            out[idx] = (sums / counts).cpu().numpy()
+        for idx in budget_batches([len(f["input_ids"]) for f in feats], batch_size, max_tokens):
+            batch = {k: v.to(device) if isinstance(v, torch.Tensor) else v
+                     for k, v in collator([feats[i] for i in idx]).items()}
+            mask, targets, example = supervised_positions(batch)
+            hidden = supervised_hidden(model, batch, mask)
+            _, ent = linear_selective_log_softmax_and_entropy(hidden, head_weight(head), targets)
+            sums = torch.zeros(len(idx), dtype=torch.float64, device=device).index_add_(0, example, ent.double())
+            counts = torch.bincount(example, minlength=len(idx))
+            means = (sums / counts.clamp(min=1)).cpu().numpy()
+            if not np.isfinite(means).all():
+                bad = [idx[j] for j in np.flatnonzero(~np.isfinite(means))]
+                raise FloatingPointError(
+                    f"The model's entropy is not finite on example(s) {bad[:10]} although they have supervised "
+                    "tokens: its logits contain NaN/Inf (check the weights, e.g. a diverged checkpoint, and the dtype).")
+            out[idx] = means
             if progress is not None:
                 progress(len(idx))
     finally:
