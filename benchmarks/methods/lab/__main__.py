@@ -1,0 +1,148 @@
+"""CLI of the method lab (see the package docstring and README.md)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+os.environ.setdefault("DS_ACCELERATOR", "cpu")
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+DEFAULT_OUT = os.path.join(HERE, "results")
+CONFIG_FILE = "lab_config.json"
+
+
+def _config(opts):
+    from .config import LabConfig
+
+    cfg = LabConfig()
+    if opts.config:
+        with open(opts.config) as f:
+            cfg = LabConfig.from_json(f.read())
+    for kv in opts.set or []:
+        key, _, value = kv.partition("=")
+        if not hasattr(cfg, key):
+            raise SystemExit(f"--set {kv}: LabConfig has no field {key!r}")
+        old = getattr(cfg, key)
+        setattr(cfg, key, type(old)(json.loads(value)) if not isinstance(old, str) else value)
+    return cfg
+
+
+def _bind_out(cfg, out):
+    """The results folder belongs to one config: refuse to mix rows of two configs."""
+    from .config import LabConfig
+
+    os.makedirs(out, exist_ok=True)
+    path = os.path.join(out, CONFIG_FILE)
+    if os.path.isfile(path):
+        with open(path) as f:
+            old = LabConfig.from_json(f.read())
+        if old.to_json() != cfg.to_json():
+            raise SystemExit(f"{out} holds results of another lab config ({path}); use another --out, or pass "
+                             f"--config {path} to continue it")
+    else:
+        with open(path, "w") as f:
+            f.write(cfg.to_json())
+
+
+def cmd_saturation(opts):
+    from .phase1 import run_phase1
+    from .report import plot_saturation, saturation_csv
+
+    cfg = _config(opts)
+    _bind_out(cfg, opts.out)
+    extra = opts.extra_epochs if opts.extra_epochs is not None else cfg.budget_epochs
+    record = run_phase1(cfg, opts.seed, opts.work, extra_epochs=extra)
+    rows = saturation_csv(record, os.path.join(opts.out, f"saturation_seed{opts.seed}.csv"))
+    plot_saturation(record, os.path.join(opts.out, f"saturation_seed{opts.seed}.png"))
+    summary = {k: record[k] for k in ("phase1_cpu_s", "continued_cpu_s", "wall_s", "eval_cpu_s", "torch_threads")}
+    summary["m1"] = next(r for r in rows if r["phase"] == "phase1" and r["step"] == cfg.phase1_steps)
+    summary["last"] = rows[-1]
+    with open(os.path.join(opts.out, f"saturation_seed{opts.seed}.json"), "w") as f:
+        json.dump(summary, f, indent=1)
+    print(json.dumps(summary, indent=1))
+
+
+def cmd_run(opts):
+    from .arms import ARMS, run_arm
+    from .report import CORRECT, CURVES, ROWS, read_csv, write_csv, write_report
+    from .scoring import pack
+
+    cfg = _config(opts)
+    _bind_out(cfg, opts.out)
+    unknown = [a for a in opts.arms if a not in ARMS]
+    if unknown:
+        raise SystemExit(f"unknown arms {unknown}; choose from {sorted(ARMS)}")
+    rows_path, curves_path = os.path.join(opts.out, ROWS), os.path.join(opts.out, CURVES)
+    rows, curves = read_csv(rows_path), read_csv(curves_path)
+    done = {(r["arm"], int(r["seed"])) for r in rows}
+    for seed in opts.seeds:
+        for arm in opts.arms:
+            if (arm, seed) in done:
+                continue
+            t = time.time()
+            res = run_arm(cfg, seed, arm, opts.work)
+            rows.append(res["row"])
+            curves += [{"arm": arm, "seed": seed, **{k: v for k, v in c.items() if k != "label"},
+                        "label": c["label"]} for c in res["curve"]]
+            write_csv(rows_path, rows)
+            write_csv(curves_path, curves)
+            with open(os.path.join(opts.out, CORRECT), "a") as f:
+                f.write(json.dumps({"arm": arm, "seed": seed, "n": cfg.n_test, "bits": pack(res["correct"])}) + "\n")
+            print(json.dumps({k: res["row"][k] for k in ("arm", "seed", "accuracy", "train_cpu_s", "train_steps")}),
+                  f"({time.time() - t:.0f} s wall)", flush=True)
+    print(write_report(opts.out, cfg))
+
+
+def cmd_report(opts):
+    from .config import LabConfig
+    from .report import write_report
+
+    with open(os.path.join(opts.out, CONFIG_FILE)) as f:
+        cfg = LabConfig.from_json(f.read())
+    print(write_report(opts.out, cfg))
+
+
+def cmd_arms(opts):
+    from .arms import describe
+
+    print(describe())
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(prog="python -m benchmarks.methods.lab", description=__doc__)
+    sub = p.add_subparsers(dest="cmd", required=True)
+
+    def common(sp):
+        sp.add_argument("--out", default=DEFAULT_OUT, help="results folder (CSV, markdown, plots)")
+        sp.add_argument("--work", default="/tmp/weakstrong_lab", help="scratch folder (phase-1 snapshots)")
+        sp.add_argument("--config", default=None, help="a lab_config.json to use instead of the defaults")
+        sp.add_argument("--set", nargs="*", metavar="FIELD=VALUE", help="override LabConfig fields")
+        sp.add_argument("--threads", type=int, default=1, help="torch threads (the lab is calibrated on 1)")
+
+    s = sub.add_parser("saturation", help="phase 1 + its continuation for one seed: the saturation curve")
+    common(s)
+    s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--extra-epochs", type=int, default=None, help="epochs after M1 (default: the budget)")
+    r = sub.add_parser("run", help="run arms × seeds (rows already in the results are skipped)")
+    common(r)
+    r.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    r.add_argument("--arms", nargs="+", default=["sft_same", "sft_p3", "wmss"])
+    rep = sub.add_parser("report", help="rewrite report.md and the plots from the results folder")
+    rep.add_argument("--out", default=DEFAULT_OUT)
+    sub.add_parser("arms", help="list the arms")
+    opts = p.parse_args(argv)
+    if getattr(opts, "threads", None):
+        import torch
+
+        torch.set_num_threads(opts.threads)
+    {"saturation": cmd_saturation, "run": cmd_run, "report": cmd_report, "arms": cmd_arms}[opts.cmd](opts)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
