@@ -16,10 +16,11 @@ def test_demo_runs_every_stage_on_a_tiny_model(tiny_llama_dir, tmp_path, capsys,
     text = capsys.readouterr().out
     for stage in ("M0 (untrained)", "M1 (after phase 1: SFT)", "M2 (after WMSS)", "Phase 2 telemetry", "phase-3 lr 2e-05"):
         assert stage in text, stage
-    assert (out / "round-1" / "entropies.png").stat().st_size > 10_000
-    assert len((out / "round-1" / "entropies.jsonl").read_text().splitlines()) == 8
-    loaded = AutoModelForCausalLM.from_pretrained(out / "final")
-    assert not (out / "final" / "weak").exists()
+    assert (out / "round-1" / "selection" / "entropies.png").stat().st_size > 10_000
+    assert len((out / "round-1" / "selection" / "entropies.jsonl").read_text().splitlines()) == 8
+    loaded = AutoModelForCausalLM.from_pretrained(out / "round-1")
+    assert not (out / "round-1" / "weak").exists()
+    assert f"Strong model (loadable with AutoModelForCausalLM): {out / 'round-1'}" in text
     # the saved model is the trained strong model, not the starting one
     start = dict(AutoModelForCausalLM.from_pretrained(tiny_llama_dir).named_parameters())
     assert any(not torch.equal(p, start[n]) for n, p in loaded.named_parameters() if n in start)

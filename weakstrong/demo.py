@@ -69,18 +69,15 @@ class _RichProgress:
     def advance(self, k: int = 1, **fields):
         self.progress.update(self.task, advance=k, **fields)
 
-    def callback(self, on_phase_change=None):
+    def callback(self):
         from transformers import TrainerCallback
 
         outer = self
 
         class Callback(TrainerCallback):
             def on_wmss_event(self, name, **info):
-                if name == "phase":
-                    if on_phase_change is not None:
-                        on_phase_change(info)
-                    if info["phase"] == "entropy":
-                        outer.start_task(f"phase 2 entropies r{info['round']}", info["total"])
+                if name == "phase" and info["phase"] == "entropy":
+                    outer.start_task("phase 2 entropies", info["total"])
                 elif name == "advance":
                     outer.advance(info["k"])
 
@@ -105,12 +102,11 @@ def main(args) -> int:
     from rich.panel import Panel
     from rich.table import Table
     from transformers.trainer_callback import PrinterCallback
-
     from .evaluation import evaluate
     from .models import load_model, resolve_model_path
     from .reporting import score_table
     from .tasks import get_task
-    from .wmss import WMSSConfig, WMSSTrainer
+    from .wmss import WMSSConfig, run_wmss
 
     import warnings
 
@@ -137,6 +133,7 @@ def main(args) -> int:
     model, tokenizer = load_model(args.model)
     bar = _RichProgress(console)
     results, timings = {}, {}
+    model_ref = {"model": model}
 
     def run_eval(title):
         t = time.time()
@@ -148,15 +145,22 @@ def main(args) -> int:
         console.print(f"  {title}: accuracy {100 * r['accuracy']:.1f}%"
                       + (f", balanced {100 * r['balanced_accuracy']:.1f}%" if r["balanced_accuracy"] is not None else ""))
 
-    model_ref = {"model": model}
-    phase_start = {}
+    stage_start = {}
+    selection = {}
 
-    def on_phase(info):
+    def on_stage_end(name, path, trainer):
+        # the chain calls this after each stage: evaluate M1 after SFT, the strong model after the WMSS round
         now = time.time()
-        if info["phase"] == "entropy" and info["round"] == 1 and "sft" in phase_start:
-            timings["phase 1: SFT"] = now - phase_start.pop("sft")
+        if name == "sft":
+            timings["phase 1: SFT"] = now - stage_start["sft"]
+            model_ref["model"] = trainer.model
             run_eval("M1 (after phase 1: SFT)")
-        phase_start[info["phase"]] = time.time()
+        else:
+            timings["phases 2+3: selection + joint"] = now - stage_start["wmss"]
+            model_ref["model"] = trainer.accelerator.unwrap_model(trainer.model).strong
+            run_eval("M2 (after WMSS)")
+            selection.update(trainer.selection)
+        stage_start["wmss"] = time.time()
 
     peft_config = None
     if args.lora:
@@ -164,31 +168,26 @@ def main(args) -> int:
 
         peft_config = LoraConfig(r=16, lora_alpha=32, lora_dropout=0.0, task_type="CAUSAL_LM",
                                  target_modules=["q_proj", "k_proj", "v_proj", "o_proj", "up_proj", "down_proj", "gate_proj"])
+    # the rounds' config (phase 3 at its own rate); the SFT stage takes the same fields with its own rate and length
     config = WMSSConfig(
         output_dir=args.output_dir, report_to="none", seed=args.seed, use_cpu=True, bf16=False,
-        per_device_train_batch_size=args.batch_size, learning_rate=args.lr, lr_scheduler_type="constant",
-        gradient_checkpointing=False, save_strategy="no", logging_steps=1, disable_tqdm=True,
-        wmss_learning_rate=args.wmss_lr, mix_lambda=args.mix_lambda, weight_formula=args.weight_formula,
-        entropy_batch_size=8,
-        max_length=512, dataloader_pin_memory=False, sft_max_steps=args.sft_steps or -1, wmss_max_steps=args.wmss_steps or -1,
+        per_device_train_batch_size=args.batch_size, learning_rate=args.wmss_lr, lr_scheduler_type="constant",
+        activation_checkpointing=False, save_strategy="no", logging_steps=1, disable_tqdm=True,
+        mix_lambda=args.mix_lambda, weight_formula=args.weight_formula, entropy_batch_size=8,
+        max_length=512, dataloader_pin_memory=False, num_train_epochs=1, max_steps=args.wmss_steps or -1,
     )
+    sft_args = {"learning_rate": args.lr, "num_train_epochs": 1, "max_steps": args.sft_steps or -1}
     with bar.progress:
         run_eval("M0 (untrained)")
-        trainer = WMSSTrainer(resolve_model_path(args.model) if isinstance(args.model, str) else args.model,
-                              args=config, train_dataset=train, processing_class=tokenizer, peft_config=peft_config,
-                              callbacks=[bar.callback(on_phase)])
-        trainer.remove_callback(PrinterCallback)
-        model_ref["model"] = trainer.model
-        phase_start["sft"] = time.time()
-        trainer.train()
-        timings["phases 2+3: selection + joint"] = time.time() - phase_start.get("entropy", time.time())
-        model_ref["model"] = trainer.model
-        run_eval("M2 (after WMSS)")
-        final_dir = os.path.join(args.output_dir, "final")
-        trainer.save_model(final_dir)
+        model_ref["model"] = model = None  # the chain loads M0 from its path; free the evaluated copy
+        stage_start["sft"] = time.time()
+        result = run_wmss(resolve_model_path(args.model), train, config, sft_args=sft_args, processing_class=tokenizer,
+                          peft_config=peft_config, callbacks=[bar.callback()], on_stage_end=on_stage_end,
+                          on_stage_begin=lambda name, trainer: trainer.remove_callback(PrinterCallback))
+        final_dir = result.final_dir
 
     console.print(score_table(results, title=f"WMSS demo — {args.task}, {len(test)} held-out problems"))
-    sel = trainer.selections[1]["stats"]
+    sel = selection["stats"]
     tel = Table(title="Phase 2 telemetry (round 1, nats)")
     for col in ("H weak (M0)", "H strong (M1)", "mean ΔH", "ΔH<0", "ΔH>0", "drawn set", "duplicates dropped"):
         tel.add_column(col, justify="right")
@@ -198,6 +197,6 @@ def main(args) -> int:
     console.print(tel)
     timings["total"] = time.time() - t_start
     console.print("Wall time: " + ", ".join(f"{k} {v:.0f}s" for k, v in timings.items()))
-    console.print(f"Entropy plot: {os.path.join(args.output_dir, 'round-1', 'entropies.png')}")
+    console.print(f"Entropy plot: {os.path.join(final_dir, 'selection', 'entropies.png')}")
     console.print(f"Strong model (loadable with AutoModelForCausalLM): {final_dir}")
     return 0

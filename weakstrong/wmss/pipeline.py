@@ -52,7 +52,8 @@ def _dataset_digest(dataset) -> str:
 
 def run_wmss(model, train_dataset, args, *, rounds: int = 1, sft: bool = True, sft_args=None, weak_model=None,
              eval_dataset=None, processing_class=None, peft_config=None, callbacks=None, compute_metrics=None,
-             resume: bool = False, on_stage_end: Callable | None = None) -> WMSSResult:
+             resume: bool = False, on_stage_begin: Callable | None = None,
+             on_stage_end: Callable | None = None) -> WMSSResult:
     """WMSS end to end: SFT of ``model`` (M0 → M1), then ``rounds`` rounds of :class:`WMSSTrainer`.
 
     Args:
@@ -70,6 +71,7 @@ def run_wmss(model, train_dataset, args, *, rounds: int = 1, sft: bool = True, s
         callbacks, compute_metrics, eval_dataset, processing_class: passed to every stage's trainer.
         resume: continue a run in ``output_dir`` (finished stages are skipped, the interrupted one resumes from its
             last checkpoint). ``False`` starts over (stage folders are overwritten, as a Trainer does).
+        on_stage_begin: ``f(stage_name, trainer)`` before each stage's ``train()`` (e.g. to remove a callback).
         on_stage_end: ``f(stage_name, output_folder, trainer)`` after each stage that ran in this call (e.g. to
             evaluate M1).
     Returns:
@@ -171,6 +173,8 @@ def run_wmss(model, train_dataset, args, *, rounds: int = 1, sft: bool = True, s
             else:
                 cfg = config_from(SFTConfig, args, output_dir=sft_dir, **dict(sft_args or {}))
             trainer = SFTTrainer(m0_dir, args=cfg, train_dataset=train_dataset, peft_config=peft_config, **common)
+            if on_stage_begin is not None:
+                on_stage_begin("sft", trainer)
             trainer.train(resume_from_checkpoint=resume_point(sft_dir))
             finish("sft", sft_dir, trainer)
             del trainer
@@ -197,6 +201,8 @@ def run_wmss(model, train_dataset, args, *, rounds: int = 1, sft: bool = True, s
             strong = _load_adapter_model(m0_dir, strong, cfg)
             weak = None if r == 1 else weak
         trainer = WMSSTrainer(strong, weak, args=cfg, train_dataset=train_dataset, **common)
+        if on_stage_begin is not None:
+            on_stage_begin(name, trainer)
         trainer.train(resume_from_checkpoint=resume_point(out_dir))
         finish(name, out_dir, trainer)
         del trainer

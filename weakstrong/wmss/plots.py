@@ -1,4 +1,4 @@
-"""Per-round phase-2 artefacts: ``entropies.jsonl`` and ``entropies.png``."""
+"""Phase-2 artefacts of a WMSS round: ``selection/entropies.jsonl`` and ``selection/entropies.png``."""
 
 from __future__ import annotations
 
@@ -28,6 +28,13 @@ def write_entropies(out_dir: str, indices, h_weak, h_strong, weights, positions_
         paths["png"] = os.path.join(out_dir, "entropies.png")
         plot_entropies(hw, hs, w, drawn, paths["png"], title)
     return paths
+
+
+def read_entropies(out_dir: str) -> dict[str, list]:
+    """The columns of ``out_dir/entropies.jsonl`` (one list per field, in index order)."""
+    with open(os.path.join(out_dir, "entropies.jsonl")) as f:
+        rows = [json.loads(line) for line in f if line.strip()]
+    return {k: [r[k] for r in rows] for k in (rows[0] if rows else {})}
 
 
 def plot_entropies(h_weak, h_strong, weights, drawn, path: str, title: str = "WMSS phase 2") -> None:
