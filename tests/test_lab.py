@@ -62,7 +62,7 @@ def test_encoding_matches_sft_trainer(tmp_path):
     assert supervised[:, task.prompt_len:].all()
 
 
-@pytest.mark.parametrize("seed", [0, 1, 2])
+@pytest.mark.parametrize("seed", [0, 1])
 def test_teacher_forced_score_equals_greedy_decoding(seed):
     """Greedy decoding agrees with the teacher-forced argmax up to and including the first wrong answer token, so
     'every teacher-forced argmax right' is 'greedy output = gold' (the scorer's claim)."""
@@ -73,7 +73,7 @@ def test_teacher_forced_score_equals_greedy_decoding(seed):
     opt = torch.optim.Adam(model.parameters(), lr=3e-3)
     data = encode(task, tok, train).input_ids
     torch.manual_seed(seed)
-    for _ in range(60):
+    for _ in range(40):
         batch = data[torch.randint(0, len(data), (64,))]
         labels = batch.clone()
         labels[:, : task.prompt_len] = -100

@@ -63,6 +63,16 @@ def cmd_saturation(opts):
     summary = {k: record[k] for k in ("phase1_cpu_s", "continued_cpu_s", "wall_s", "eval_cpu_s", "torch_threads")}
     summary["m1"] = next(r for r in rows if r["phase"] == "phase1" and r["step"] == cfg.phase1_steps)
     summary["last"] = rows[-1]
+    after = [r for r in rows if r["step"] > cfg.phase1_steps]
+    if after:
+        import numpy as np
+
+        acc = np.array([r["accuracy"] for r in after])
+        summary["after_m1"] = {"points": len(after), "epochs": after[-1]["epoch"] - cfg.phase1_epochs,
+                               "accuracy_mean": round(float(acc.mean()), 4), "accuracy_sd": round(float(acc.std(ddof=1)), 4)
+                               if len(acc) > 1 else None, "accuracy_min": float(acc.min()),
+                               "accuracy_max": float(acc.max()),
+                               "train_loss_max": max(r["train_loss"] for r in after if r["train_loss"] is not None)}
     with open(os.path.join(opts.out, f"saturation_seed{opts.seed}.json"), "w") as f:
         json.dump(summary, f, indent=1)
     print(json.dumps(summary, indent=1))
@@ -108,6 +118,35 @@ def cmd_report(opts):
     print(write_report(opts.out, cfg))
 
 
+def cmd_merge(opts):
+    """Fold the results of runs made in other folders (e.g. seeds run in parallel processes) into ``--out``."""
+    from .config import LabConfig
+    from .report import CORRECT, CURVES, ROWS, read_csv, write_csv, write_report
+
+    with open(os.path.join(opts.out, CONFIG_FILE)) as f:
+        cfg = LabConfig.from_json(f.read())
+    rows, curves = read_csv(os.path.join(opts.out, ROWS)), read_csv(os.path.join(opts.out, CURVES))
+    done = {(r["arm"], r["seed"]) for r in rows}
+    for src in opts.sources:
+        with open(os.path.join(src, CONFIG_FILE)) as f:
+            if LabConfig.from_json(f.read()).to_json() != cfg.to_json():
+                raise SystemExit(f"{src} was run with another lab config than {opts.out}: not merged")
+        new = [r for r in read_csv(os.path.join(src, ROWS)) if (r["arm"], r["seed"]) not in done]
+        keys = {(r["arm"], r["seed"]) for r in new}
+        rows += new
+        curves += [c for c in read_csv(os.path.join(src, CURVES)) if (c["arm"], c["seed"]) in keys]
+        with open(os.path.join(src, CORRECT)) as f, open(os.path.join(opts.out, CORRECT), "a") as g:
+            for line in f:
+                rec = json.loads(line)
+                if (rec["arm"], str(rec["seed"])) in keys:
+                    g.write(line)
+        done |= keys
+        print(f"{src}: {len(new)} rows merged")
+    write_csv(os.path.join(opts.out, ROWS), rows)
+    write_csv(os.path.join(opts.out, CURVES), curves)
+    print(write_report(opts.out, cfg))
+
+
 def cmd_arms(opts):
     from .arms import describe
 
@@ -135,13 +174,17 @@ def main(argv=None):
     r.add_argument("--arms", nargs="+", default=["sft_same", "sft_p3", "wmss"])
     rep = sub.add_parser("report", help="rewrite report.md and the plots from the results folder")
     rep.add_argument("--out", default=DEFAULT_OUT)
+    m = sub.add_parser("merge", help="merge the results of other folders (same config) into --out")
+    m.add_argument("--out", default=DEFAULT_OUT)
+    m.add_argument("sources", nargs="+")
     sub.add_parser("arms", help="list the arms")
     opts = p.parse_args(argv)
     if getattr(opts, "threads", None):
         import torch
 
         torch.set_num_threads(opts.threads)
-    {"saturation": cmd_saturation, "run": cmd_run, "report": cmd_report, "arms": cmd_arms}[opts.cmd](opts)
+    {"saturation": cmd_saturation, "run": cmd_run, "report": cmd_report, "merge": cmd_merge,
+     "arms": cmd_arms}[opts.cmd](opts)
 
 
 if __name__ == "__main__":

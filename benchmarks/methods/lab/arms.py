@@ -106,7 +106,7 @@ def run_arm(cfg: LabConfig, seed: int, name: str, work: str, log=print) -> dict:
     out_dir = os.path.join(work, f"seed{seed}", name)
     shutil.rmtree(out_dir, ignore_errors=True)
     warmup = round(cfg.p3_warmup_ratio * cfg.budget_steps)
-    common = dict(learning_rate=cfg.p3_lr, warmup_steps=warmup)
+    common = dict(learning_rate=cfg.p3_lr, warmup_steps=warmup, lr_scheduler_type=cfg.p3_scheduler)
     t_cpu = time.process_time()
     eval_cpu = 0.0
     extra: dict = {}

@@ -94,8 +94,12 @@ def load_phase1(cfg: LabConfig, seed: int, work: str) -> dict | None:
         return None
     with open(path) as f:
         record = json.load(f)
-    if record["config"] != json.loads(cfg.to_json()):
-        raise ValueError(f"{path} was written with another lab config; use another --work folder or delete it")
+    mine = cfg.phase1_identity()
+    theirs = {k: record["config"].get(k) for k in mine}
+    if theirs != mine:
+        changed = {k: (theirs[k], v) for k, v in mine.items() if theirs[k] != v}
+        raise ValueError(f"{path} was written with another phase-1 config {changed} (there, here); use another "
+                         "--work folder or delete it")
     return record
 
 

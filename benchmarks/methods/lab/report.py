@@ -114,7 +114,10 @@ def mechanism(rows, curves) -> str:
     groups = {"M1": [c for c in curves if float(c["label"]) == 0.0 and c["arm"] == "sft_p3"]}
     for name in ("sft_same", "sft_p3", "wmss"):
         groups[name] = [r for r in rows if r["arm"] == name]
-    lines = ["| model | seeds | " + " | ".join(MECH_KEYS) + " |", "|---|---|" + "---|" * len(MECH_KEYS)]
+    m1 = {int(r["seed"]): r for r in groups["M1"]}
+    delta_keys = ("target_logit", "nontarget_logit_mean", "margin")
+    lines = ["| model | seeds | " + " | ".join(MECH_KEYS) + " | " + " | ".join(f"Δ {k} vs M1 (paired)" for k in delta_keys)
+             + " |", "|---|---|" + "---|" * (len(MECH_KEYS) + len(delta_keys))]
     for g, rs in groups.items():
         if not rs:
             continue
@@ -123,20 +126,25 @@ def mechanism(rows, curves) -> str:
             vals = [float(r[k]) for r in rs]
             ci = _try(mean_ci, vals)
             cells.append(f"{np.mean(vals):.2f}" + (f" ± {ci.half_width:.2f}" if ci else ""))
+        for k in delta_keys:
+            pairs = [(float(r[k]), float(m1[int(r["seed"])][k])) for r in rs if int(r["seed"]) in m1]
+            ci = _try(paired_t_ci, [a for a, _ in pairs], [b for _, b in pairs]) if g != "M1" else None
+            cells.append("—" if g == "M1" else _fmt_ci(ci, scale=1.0, digits=2))
         lines.append(f"| {g} | {len(rs)} | " + " | ".join(cells) + " |")
-    lines.append("| paper (Qwen3, SFT → WMSS) | — | ≈ 36 → ≈ 36 | 2.09 → 0.90 | — | — | — | — |")
+    lines.append("| paper (Qwen3, SFT → WMSS) | — | ≈ 36 → ≈ 36 | 2.09 → 0.90 | — | — | — | — | ≈ 0 | −1.19 | — |")
     lines += ["", "Per answer token (digits and EOS) of the held-out set, raw logits (softmax is shift-invariant: only "
               "differences such as the margin = target − max non-target are comparable across models). ± = 95% t-CI "
-              "over seeds."]
+              "over seeds; the Δ columns are paired by seed (each arm starts from its seed's M1)."]
     return "\n".join(lines) + "\n"
 
 
-def plan(rows, half_width=0.01, controls=CONTROLS) -> str:
-    """Seeds needed per comparison for a 95% CI half-width of ``half_width`` (accuracy units), from the SD of the
-    paired differences seen so far (a pilot)."""
+def plan(rows, half_widths=(0.01, 0.005), controls=CONTROLS) -> str:
+    """Seeds needed per comparison for 95% CI half-widths of ``half_widths`` (accuracy units), from the SD of the
+    paired differences seen so far (a pilot: with few seeds that SD is itself very uncertain)."""
     acc = by_arm_seed(rows)
-    lines = ["| comparison | pilot seeds | SD of paired Δ (points) | seeds for ± " f"{100 * half_width:g} point |",
-             "|---|---|---|---|"]
+    lines = ["| comparison | pilot seeds | SD of paired Δ (points) | "
+             + " | ".join(f"seeds for ± {100 * h:g} point" for h in half_widths) + " |",
+             "|---|---|---|" + "---|" * len(half_widths)]
     for i, ref in enumerate(controls):
         for name in ARMS:
             if name in controls[: i + 1]:
@@ -144,7 +152,8 @@ def plan(rows, half_width=0.01, controls=CONTROLS) -> str:
             ci, seeds = paired(acc, name, ref)
             if ci is None:
                 continue
-            lines.append(f"| {name} − {ref} | {len(seeds)} | {100 * ci.sd:.2f} | {seeds_needed(ci.sd, half_width)} |")
+            lines.append(f"| {name} − {ref} | {len(seeds)} | {100 * ci.sd:.2f} | "
+                         + " | ".join(str(seeds_needed(ci.sd, h)) for h in half_widths) + " |")
     return "\n".join(lines) + "\n"
 
 
@@ -169,7 +178,9 @@ def plot_saturation(record: dict, path: str):
     ep = [r["step"] / spe for r in rows]
     fig, ax = plt.subplots(1, 2, figsize=(11, 4))
     ax[0].plot(ep, [100 * r["accuracy"] for r in rows], "o-", ms=3, label="held-out exact match")
-    ax[0].plot(ep, [100 * r["train_accuracy"] for r in rows], "s-", ms=3, label="training-set exact match (1,000)")
+    probe = min(cfg["n_train"], 1000)
+    ax[0].plot(ep, [100 * r["train_accuracy"] for r in rows], "s-", ms=3,
+               label=f"training-set exact match ({probe:,} problems)")
     ax[0].set_ylabel("accuracy %")
     ax[1].semilogy([e for e, r in zip(ep, rows) if r["train_loss"]], [r["train_loss"] for r in rows if r["train_loss"]],
                    "o-", ms=3, label="training loss (nats/token)")
@@ -263,7 +274,7 @@ def write_report(out: str, cfg: LabConfig) -> str:
     rows, curves, correct = load(out)
     text = ["# Lab results", "", f"Config: `{json.dumps(json.loads(cfg.to_json()), sort_keys=True)}`", "",
             "## Arms", "", table(rows, correct), "## Mechanism", "", mechanism(rows, curves),
-            "## Seeds needed for a ±1-point 95% CI", "", plan(rows)]
+            "## Seeds needed (from the pilot's SD of paired differences)", "", plan(rows)]
     md = "\n".join(text)
     with open(os.path.join(out, "report.md"), "w") as f:
         f.write(md)
