@@ -18,10 +18,13 @@ so a run cut short still leaves usable rows; ``--resume --keep-work`` skips rows
 table (mean ± 95% CI, Student t over seeds, and the difference to SFT-2 paired by seed) is written next to the CSV.
 
 ``--profile`` instead measures the time per optimizer step and the peak memory (RSS, each configuration in its
-own process) of an SFT step and a phase-3 step, in full and LoRA modes.
+own process) of an SFT step (``SFTTrainer``) and a phase-3 step (``WMSSTrainer``), in full and LoRA modes.
 
     python benchmarks/methods/wmss_vs_sft.py --seeds 0 1 2 --core-only --out benchmarks/methods/results
     python benchmarks/methods/wmss_vs_sft.py --profile --out benchmarks/methods/results
+    # smoke test on a tiny model (seconds): any --model path works
+    python benchmarks/methods/wmss_vs_sft.py --model TINY_DIR --seeds 0 --train-size 8 --test-size 4 \\
+        --batch-size 4 --max-new-tokens 4 --core-only --out /tmp/wmss-smoke
 """
 
 from __future__ import annotations
@@ -67,8 +70,8 @@ def common_config(out_dir, opts, **kw):
 
     base = dict(output_dir=out_dir, report_to="none", use_cpu=True, bf16=False, seed=opts.seed_base,
                 per_device_train_batch_size=opts.batch_size, learning_rate=opts.lr, lr_scheduler_type="constant",
-                gradient_checkpointing=False, save_strategy="no", logging_steps=1, disable_tqdm=True,
-                max_length=512, entropy_batch_size=8)
+                activation_checkpointing=False, save_strategy="no", logging_steps=1, disable_tqdm=True,
+                max_length=512, entropy_batch_size=8, dataloader_pin_memory=False)
     base.update(kw)
     return WMSSConfig(**base)
 
@@ -138,15 +141,16 @@ def run_seed_arm(seed, arm, opts, task, train, test, work):
     else:
         lam = {"wmss": 0.5, "wd_ds": 1.0, "wd_jt": 0.5, "lam0.3": 0.3, "lam0.7": 0.7, "frozen": 0.5,
                "wmss_samelr": 0.5}[arm]
-        cfg = common_config(os.path.join(work, f"seed{seed}", arm), opts, seed=seed, weak_model=m0, mix_lambda=lam,
-                            selection=arm != "wd_jt", wmss_epochs=1, save_entropy_plots=(arm == "wmss"),
+        # one WMSS round on the seed's M1 with M0 as the weak model: one WMSSTrainer run (selection + phase 3)
+        cfg = common_config(os.path.join(work, f"seed{seed}", arm), opts, seed=seed, mix_lambda=lam,
+                            selection=arm != "wd_jt", num_train_epochs=1, save_entropy_plots=(arm == "wmss"),
                             freeze_weak=arm == "frozen",
-                            wmss_learning_rate=opts.lr if arm == "wmss_samelr" else opts.wmss_lr)
-        tr = WMSSTrainer(m1_dir, args=cfg, train_dataset=train, processing_class=tok)
+                            learning_rate=opts.lr if arm == "wmss_samelr" else opts.wmss_lr)
+        tr = WMSSTrainer(m1_dir, m0, args=cfg, train_dataset=train, processing_class=tok)
         tr.remove_callback(PrinterCallback)
         tr.train()
-        model, steps = tr.model, tr.state.global_step
-        drawn = int(tr.selections[1]["stats"]["selection/size"])
+        model, steps = tr.model.strong, tr.state.global_step
+        drawn = int(tr.selection["stats"]["selection/size"])
         # the strong model's own CE and the mixed CE over phase 3 (first and last logged step): does the strong
         # model alone get better while the mixture is fitted?
         logs = [h for h in tr.state.log_history if "strong_ce" in h]
@@ -254,16 +258,22 @@ def run_efficacy(opts):
 
 
 def profile_one(mode: str, opts) -> dict:
-    """Time per optimizer step and peak RSS of one configuration: sft|joint × full|lora."""
+    """Time per optimizer step and peak RSS of one configuration: sft|joint × full|lora.
+
+    ``sft``: an ``SFTTrainer`` run; ``joint``: a ``WMSSTrainer`` run (selection off, so only phase-3 steps are timed)
+    with weak = M0 (full: a second model; LoRA: the zero-initialised weak adapter on the same base).
+    """
     import resource
 
     import torch
     from transformers import AutoTokenizer, TrainerCallback
     from transformers.trainer_callback import PrinterCallback
+    from trl import SFTConfig, SFTTrainer
 
     from weakstrong.models import resolve_model_path
     from weakstrong.tasks import get_task
     from weakstrong.wmss import WMSSTrainer
+    from weakstrong.wmss.config import config_from
 
     torch.set_num_threads(opts.threads)
     phase, kind = mode.split("-")
@@ -287,21 +297,25 @@ def profile_one(mode: str, opts) -> dict:
                                  target_modules=["q_proj", "k_proj", "v_proj", "o_proj", "up_proj", "down_proj", "gate_proj"])
     steps = opts.profile_steps
     cfg = common_config(os.path.join(opts.work, f"profile-{mode}"), opts, selection=False, dedup=False,
-                        sft_max_steps=steps, wmss_max_steps=steps, entropy_batch_size=opts.batch_size)
+                        max_steps=steps, entropy_batch_size=opts.batch_size)
     base_rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    tr = WMSSTrainer(m0, args=cfg, train_dataset=train, processing_class=tok, peft_config=peft_config,
-                     callbacks=[Timer()])
+    if phase == "sft":
+        tr = SFTTrainer(m0, args=config_from(SFTConfig, cfg), train_dataset=train, processing_class=tok,
+                        peft_config=peft_config, callbacks=[Timer()])
+    else:
+        if kind == "lora":
+            from peft import get_peft_model
+            from transformers import AutoModelForCausalLM
+
+            strong, weak = get_peft_model(AutoModelForCausalLM.from_pretrained(m0), peft_config), None
+        else:
+            strong, weak = m0, m0
+        tr = WMSSTrainer(strong, weak, args=cfg, train_dataset=train, processing_class=tok, callbacks=[Timer()])
     tr.remove_callback(PrinterCallback)
     loaded_rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    if phase == "sft":
-        tr._run_phase("sft", 1, tr._full_train_dataset, 1.0, None, None, None)
-    else:
-        cfg.sft_epochs = 0
-        tr._do_sft = False
-        tr._setup_weak(1)
-        tr._run_joint(1, list(range(len(train))), None, None, None)
+    tr.train()
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    trainable = sum(p.numel() for p in (tr._joint or tr.model).parameters() if p.requires_grad)
+    trainable = sum(p.numel() for p in tr.model.parameters() if p.requires_grad)
     return {"mode": mode, "step_s_median": statistics.median(times[1:]), "steps": len(times),
             "peak_rss_mb": round(peak), "rss_after_load_mb": round(loaded_rss), "rss_before_mb": round(base_rss),
             "trainable_params": trainable}

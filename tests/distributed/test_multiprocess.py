@@ -1,8 +1,8 @@
 """Multi-process proof on CPU (gloo): the recipes under ``accelerate launch`` with 2 processes (DDP, ZeRO-2, ZeRO-3)
 give the same losses and final weights as one process with the same global batch (4 = 1 × 4 = 2 × 2).
 
-Each launch runs a recipe (``recipes/wmss/train.py``, ``recipes/lrl/train_student.py``) on a tiny random Llama
-for 2 + 2 steps and writes its log history to JSON; the single-process references run in this process once per
+Each launch runs a recipe (``recipes/wmss/train.py``: SFT 2 steps + one WMSS round of 2 steps;
+``recipes/lrl/train_student.py``) on a tiny random Llama and writes its log history to JSON; the single-process references run in this process once per
 worker (session fixtures). ``--cpu`` is never used: it silently runs one process.
 """
 
@@ -11,6 +11,7 @@ from __future__ import annotations
 import glob
 import json
 import os
+import shutil
 import socket
 import subprocess
 import sys
@@ -128,7 +129,7 @@ def curriculum(tmp_path_factory) -> str:
 
 def wmss_args(tiny_dir: str, out: Path, per_device: int, lora: bool, extra=()) -> list[str]:
     return ["--model_name_or_path", tiny_dir, "--task", "meeting_rooms", "--train_size", "16",
-            "--sft_max_steps", "2", "--wmss_max_steps", "2", "--entropy_batch_size", "3",
+            "--sft_max_steps", "2", "--max_steps", "2", "--entropy_batch_size", "3",
             "--save_entropy_plots", "false", "--save_strategy", "no", "--output_dir", str(out),
             "--per_device_train_batch_size", str(per_device), *COMMON, *(LORA if lora else []), *extra]
 
@@ -179,7 +180,7 @@ def test_two_processes_equal_one(launcher, kind, reference, tiny_dir, curriculum
     else:
         from weakstrong.wmss.cli import HISTORY_NAME
 
-        # ZeRO-2 full run also writes checkpoints: the resume check below restarts from the joint phase's first one
+        # ZeRO-2 full run also writes checkpoints: the resume check below restarts round 1 from its first one
         extra = ["--save_strategy", "steps", "--save_steps", "1"] if (launcher, kind) == ("zero2", "wmss_full") else []
         launch(launcher, WMSS, wmss_args(tiny_dir, out, 2, lora=kind == "wmss_lora", extra=extra))
     got = read(out, HISTORY_NAME)
@@ -192,8 +193,8 @@ def test_two_processes_equal_one(launcher, kind, reference, tiny_dir, curriculum
             assert diff < 1e-5, f"{key} differs by {diff}"
         if launcher == "zero3":
             assert got["strong_partitioned"] and got["weak_partitioned"], "ZeRO-3 did not partition both branches"
-        if kind == "wmss_full":
-            assert got["weak_trainable_params"] > 0, "freeze_weak=False but the weak branch was not trainable"
+        # full: a second model; LoRA: the zero-initialised weak adapter, trainable from round 1
+        assert got["weak_trainable_params"] > 0, "freeze_weak=False but the weak branch was not trainable"
     if kind == "wmss_lora" or kind == "student":
         from peft import PeftModel
 
@@ -202,11 +203,22 @@ def test_two_processes_equal_one(launcher, kind, reference, tiny_dir, curriculum
     else:
         AutoModelForCausalLM.from_pretrained(got["final"])
     if (launcher, kind) == ("zero2", "wmss_full"):
-        ckpt = out / "round-1" / "joint" / "checkpoint-1"
-        assert (ckpt / "wmss_state.json").is_file(), sorted(os.listdir(out / "round-1" / "joint"))
+        # a crash in round 1 after its first checkpoint: the run folder as it was then (SFT finished, round 1 at
+        # checkpoint-1), resumed with --resume true, must end with the uninterrupted run's model
+        round1 = out / "round-1"
+        assert (round1 / "checkpoint-1" / "wmss_state.json").is_file(), sorted(os.listdir(round1))
         resumed = tmp_path / "resumed"
-        launch(launcher, WMSS, wmss_args(tiny_dir, resumed, 2, lora=False, extra=["--resume", str(ckpt)]))
+        shutil.copytree(out, resumed)
+        shutil.rmtree(resumed / "round-1")
+        shutil.copytree(round1 / "checkpoint-1", resumed / "round-1" / "checkpoint-1")
+        shutil.copytree(round1 / "selection", resumed / "round-1" / "selection")  # written before step 1
+        journal = json.loads((resumed / "wmss_run.json").read_text())
+        del journal["stages"]["round-1"], journal["selections"]["round-1"]
+        (resumed / "wmss_run.json").write_text(json.dumps(journal))
+        launch(launcher, WMSS, wmss_args(tiny_dir, resumed, 2, lora=False,
+                                         extra=["--save_strategy", "steps", "--save_steps", "1", "--resume", "true"]))
         again = read(resumed, HISTORY_NAME)
+        assert [h for h in again["log_history"] if "loss" in h and "mixed_ce" not in h] == []  # SFT not run again
         wf, wr = weights(got["final"]), weights(again["final"])
         dw = max((wf[k] - wr[k]).abs().max().item() for k in wf)
         last_full = losses(got)[-1]

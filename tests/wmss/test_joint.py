@@ -134,3 +134,23 @@ def test_one_trainer_step_is_the_reference_gradient(make_args, pair, rooms_chat,
         torch.testing.assert_close(before_w[k] - weak.state_dict()[k], lr * q.grad, rtol=2e-3, atol=1e-6, msg=k)
     logs = [h for h in trainer.state.log_history if "mixed_ce" in h]
     assert logs and {"strong_ce", "weak_ce", "entropy", "weak_entropy", "num_tokens"} <= set(logs[0])
+
+
+@pytest.mark.parametrize("lam", [0.5, 1.0])
+def test_one_kernel_pass_per_step(monkeypatch, lam):
+    """The loss, the strong CE and the entropies come from ONE pass over the vocabulary (defect 7: no extra
+    strong-CE pass; at λ = 1 one selective log-softmax, the weak model not run)."""
+    import weakstrong.kernels as kernels
+
+    calls = []
+    for name in ("linear_mixed_cross_entropy", "linear_selective_log_softmax_and_entropy"):
+        fn = getattr(kernels, name)
+        monkeypatch.setattr(kernels, name, lambda *a, _fn=fn, _n=name, **k: calls.append(_n) or _fn(*a, **k))
+    strong, tok = tiny_model("llama", seed=0)
+    weak, _ = tiny_model("llama", seed=1)
+    weak_forward = []
+    weak.model.register_forward_hook(lambda *a: weak_forward.append(1))
+    JointModel(strong, weak, lam=lam)(**batch_of(tok)).loss_sum.backward()
+    want = "linear_mixed_cross_entropy" if lam < 1 else "linear_selective_log_softmax_and_entropy"
+    assert calls == [want]
+    assert len(weak_forward) == (1 if lam < 1 else 0)

@@ -139,7 +139,10 @@ def run(script, config, model_args) -> dict:
                "selections": {str(r): s["indices"] for r, s in result.selections.items()}, **last}
     if config.should_save:
         for r in result.selections:
-            ent = read_entropies(os.path.join(result.stages[f"round-{r}"], "selection"))
+            folder = os.path.join(result.stages[f"round-{r}"], "selection")
+            if not os.path.isfile(os.path.join(folder, "entropies.jsonl")):
+                continue
+            ent = read_entropies(folder)
             summary.setdefault("h_strong", {})[str(r)] = ent["H_strong"]
             summary.setdefault("h_weak", {})[str(r)] = ent["H_weak"]
         with open(os.path.join(config.output_dir, HISTORY_NAME), "w") as f:
