@@ -1,0 +1,300 @@
+"""Tables and plots of the lab: paired differences with 95% CIs (``weakstrong.stats``), the mechanism table,
+accuracy vs budget, the weak-checkpoint sweep, logit statistics, the phase-1 saturation curve."""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+from collections import defaultdict
+
+import numpy as np
+
+from weakstrong.stats import mean_ci, paired_bootstrap, paired_t_ci, seeds_needed
+
+from .arms import ARMS, CONTROLS, SWEEP, arm_weak
+from .config import LabConfig
+from .scoring import unpack
+
+ROWS, CURVES, CORRECT = "rows.csv", "curves.csv", "correct.jsonl"
+
+
+def read_csv(path):
+    if not os.path.isfile(path):
+        return []
+    with open(path) as f:
+        return list(csv.DictReader(f))
+
+
+def write_csv(path, rows):
+    fields = []
+    for r in rows:
+        fields += [k for k in r if k not in fields]
+    with open(path, "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=fields)
+        w.writeheader()
+        w.writerows(rows)
+
+
+def _fmt_ci(ci, scale=100.0, digits=1, sign=True):
+    return "n/a" if ci is None else ci.format(scale=scale, digits=digits, sign=sign)
+
+
+def _try(fn, *a, **k):
+    try:
+        return fn(*a, **k)
+    except ValueError:
+        return None
+
+
+def load(out):
+    rows = read_csv(os.path.join(out, ROWS))
+    correct = {}
+    path = os.path.join(out, CORRECT)
+    if os.path.isfile(path):
+        with open(path) as f:
+            for line in f:
+                rec = json.loads(line)
+                correct[(rec["arm"], int(rec["seed"]))] = (rec["bits"], int(rec["n"]))
+    return rows, read_csv(os.path.join(out, CURVES)), correct
+
+
+def by_arm_seed(rows, key="accuracy"):
+    out = defaultdict(dict)
+    for r in rows:
+        out[r["arm"]][int(r["seed"])] = float(r[key])
+    return out
+
+
+def paired(acc, arm, ref):
+    seeds = sorted(set(acc.get(arm, {})) & set(acc.get(ref, {})))
+    if arm == ref or len(seeds) < 2:
+        return None, seeds
+    return paired_t_ci([acc[arm][s] for s in seeds], [acc[ref][s] for s in seeds]), seeds
+
+
+def pooled_bootstrap(correct, arm, ref, seeds, n_resamples=2000):
+    """Paired bootstrap over the (shared) test problems of the seed-averaged per-problem difference."""
+    if not seeds or any((a, s) not in correct for a in (arm, ref) for s in seeds):
+        return None
+    a = np.mean([unpack(*correct[(arm, s)]) for s in seeds], axis=0)
+    b = np.mean([unpack(*correct[(ref, s)]) for s in seeds], axis=0)
+    return paired_bootstrap(a, b, n_resamples=n_resamples, seed=0)
+
+
+def table(rows, correct) -> str:
+    acc = by_arm_seed(rows)
+    cpu = by_arm_seed(rows, "train_cpu_s")
+    lines = ["| arm | seeds | accuracy % (95% CI) | Δ vs sft_same (t, seeds) | Δ vs sft_p3 (t, seeds) | "
+             "Δ vs sft_p3 (bootstrap, problems) | train CPU s / run |", "|---|---|---|---|---|---|---|"]
+    for name in ARMS:
+        if name not in acc:
+            continue
+        vals = [acc[name][s] for s in sorted(acc[name])]
+        ci = _try(mean_ci, vals)
+        acc_txt = (f"{100 * np.mean(vals):.1f}" + (f" ± {100 * ci.half_width:.1f}" if ci else " (1 seed)"))
+        d_same, _ = paired(acc, name, "sft_same")
+        d_p3, seeds = paired(acc, name, "sft_p3")
+        boot = pooled_bootstrap(correct, name, "sft_p3", seeds) if name != "sft_p3" else None
+        lines.append(f"| {name}: {ARMS[name].title} | {len(vals)} | {acc_txt} | "
+                     f"{'—' if name == 'sft_same' else _fmt_ci(d_same)} | {'—' if name == 'sft_p3' else _fmt_ci(d_p3)} | "
+                     f"{'—' if name == 'sft_p3' else _fmt_ci(boot)} | {np.mean(list(cpu[name].values())):.0f} |")
+    lines += ["", "Accuracy: exact match on the held-out problems after the full budget; CI = Student t over seeds. "
+              "Δ: paired differences in points (same seed = same training set, same M1), t-interval over seeds; "
+              "the bootstrap column resamples the shared test problems of the seed-averaged difference (test-set noise "
+              "only). n/a = fewer than 2 paired seeds."]
+    return "\n".join(lines) + "\n"
+
+
+MECH_KEYS = ("target_logit", "nontarget_logit_mean", "nontarget_logit_max", "margin", "entropy", "nll")
+
+
+def mechanism(rows, curves) -> str:
+    """Mean logit statistics on held-out answer tokens: M1 (budget 0 of any arm), the SFT continuations, WMSS."""
+    groups = {"M1": [c for c in curves if float(c["label"]) == 0.0 and c["arm"] == "sft_p3"]}
+    for name in ("sft_same", "sft_p3", "wmss"):
+        groups[name] = [r for r in rows if r["arm"] == name]
+    m1 = {int(r["seed"]): r for r in groups["M1"]}
+    delta_keys = ("target_logit", "nontarget_logit_mean", "margin")
+    lines = ["| model | seeds | " + " | ".join(MECH_KEYS) + " | " + " | ".join(f"Δ {k} vs M1 (paired)" for k in delta_keys)
+             + " |", "|---|---|" + "---|" * (len(MECH_KEYS) + len(delta_keys))]
+    for g, rs in groups.items():
+        if not rs:
+            continue
+        cells = []
+        for k in MECH_KEYS:
+            vals = [float(r[k]) for r in rs]
+            ci = _try(mean_ci, vals)
+            cells.append(f"{np.mean(vals):.2f}" + (f" ± {ci.half_width:.2f}" if ci else ""))
+        for k in delta_keys:
+            pairs = [(float(r[k]), float(m1[int(r["seed"])][k])) for r in rs if int(r["seed"]) in m1]
+            ci = _try(paired_t_ci, [a for a, _ in pairs], [b for _, b in pairs]) if g != "M1" else None
+            cells.append("—" if g == "M1" else _fmt_ci(ci, scale=1.0, digits=2))
+        lines.append(f"| {g} | {len(rs)} | " + " | ".join(cells) + " |")
+    lines.append("| paper (Qwen3, SFT → WMSS) | — | ≈ 36 → ≈ 36 | 2.09 → 0.90 | — | — | — | — | ≈ 0 | −1.19 | — |")
+    lines += ["", "Per answer token (digits and EOS) of the held-out set, raw logits (softmax is shift-invariant: only "
+              "differences such as the margin = target − max non-target are comparable across models). ± = 95% t-CI "
+              "over seeds; the Δ columns are paired by seed (each arm starts from its seed's M1)."]
+    return "\n".join(lines) + "\n"
+
+
+def plan(rows, half_widths=(0.01, 0.005), controls=CONTROLS) -> str:
+    """Seeds needed per comparison for 95% CI half-widths of ``half_widths`` (accuracy units), from the SD of the
+    paired differences seen so far (a pilot: with few seeds that SD is itself very uncertain)."""
+    acc = by_arm_seed(rows)
+    lines = ["| comparison | pilot seeds | SD of paired Δ (points) | "
+             + " | ".join(f"seeds for ± {100 * h:g} point" for h in half_widths) + " |",
+             "|---|---|---|" + "---|" * len(half_widths)]
+    for i, ref in enumerate(controls):
+        for name in ARMS:
+            if name in controls[: i + 1]:
+                continue
+            ci, seeds = paired(acc, name, ref)
+            if ci is None:
+                continue
+            lines.append(f"| {name} − {ref} | {len(seeds)} | {100 * ci.sd:.2f} | "
+                         + " | ".join(str(seeds_needed(ci.sd, h)) for h in half_widths) + " |")
+    return "\n".join(lines) + "\n"
+
+
+# --------------------------------------------------------------------------------------------- plots
+
+
+def _plt():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def plot_saturation(record: dict, path: str):
+    """Phase 1 and its continuation: held-out and training accuracy, training loss, vs epoch."""
+    plt = _plt()
+    cfg = record["config"]
+    spe = -(-cfg["n_train"] // cfg["batch_size"])
+    rows = sorted(record["rows"], key=lambda r: r["step"])
+    ep = [r["step"] / spe for r in rows]
+    fig, ax = plt.subplots(1, 2, figsize=(11, 4))
+    ax[0].plot(ep, [100 * r["accuracy"] for r in rows], "o-", ms=3, label="held-out exact match")
+    probe = min(cfg["n_train"], 1000)
+    ax[0].plot(ep, [100 * r["train_accuracy"] for r in rows], "s-", ms=3,
+               label=f"training-set exact match ({probe:,} problems)")
+    ax[0].set_ylabel("accuracy %")
+    ax[1].semilogy([e for e, r in zip(ep, rows) if r["train_loss"]], [r["train_loss"] for r in rows if r["train_loss"]],
+                   "o-", ms=3, label="training loss (nats/token)")
+    ax[1].semilogy(ep, [r["nll"] for r in rows], "s-", ms=3, label="held-out NLL (nats/token)")
+    for a in ax:
+        a.axvline(cfg["phase1_epochs"], color="grey", ls="--", lw=1)
+        a.text(cfg["phase1_epochs"], a.get_ylim()[1], " M1", va="top", color="grey")
+        a.set_xlabel("epoch")
+        a.legend(fontsize=8)
+        a.grid(alpha=0.3)
+    fig.suptitle(f"Phase 1 (SFT from init) and its continuation at the same schedule, seed {record['seed']}")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def plot_budget(curves, path):
+    """Held-out accuracy vs the fraction of the budget, per arm (mean over seeds, 95% t-CI band)."""
+    plt = _plt()
+    by = defaultdict(lambda: defaultdict(list))
+    for c in curves:
+        by[c["arm"]][float(c["label"])].append(100 * float(c["accuracy"]))
+    fig, ax = plt.subplots(figsize=(8, 5))
+    for i, name in enumerate(ARMS):
+        if name not in by:
+            continue
+        xs = sorted(by[name])
+        m = [np.mean(by[name][x]) for x in xs]
+        h = [(_try(mean_ci, by[name][x]).half_width if len(by[name][x]) > 1 else 0.0) for x in xs]
+        main = name in CONTROLS + ("wmss",)
+        color = plt.cm.tab20(i % 20)
+        ax.plot(xs, m, "--" if name in CONTROLS else "-", marker="o", ms=3, label=name, lw=2 if main else 1,
+                color=color)
+        if main:  # bands for the controls and the main arm only (the others' CIs are in report.md)
+            ax.fill_between(xs, np.subtract(m, h), np.add(m, h), alpha=0.15, color=color)
+    ax.set_xlabel("fraction of the post-M1 budget")
+    ax.set_ylabel("held-out exact match %")
+    ax.set_title("Accuracy vs budget after M1 (mean over seeds; 95% t band for the controls and wmss)")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7, ncol=2)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def plot_sweep(rows, cfg: LabConfig, path):
+    """Δ accuracy vs the control sft_p3 (paired, 95% t-CI) as a function of where the weak snapshot is taken."""
+    plt = _plt()
+    acc = by_arm_seed(rows)
+    pts = []
+    for name in SWEEP + ("wmss",):
+        ci, seeds = paired(acc, name, "sft_p3")
+        if ci is not None:
+            pts.append((arm_weak(cfg, ARMS[name]), ci))
+    fig, ax = plt.subplots(figsize=(6, 4))
+    if pts:
+        pts.sort(key=lambda p: p[0])
+        x = [100 * p[0] for p in pts]
+        ax.errorbar(x, [100 * p[1].estimate for p in pts], yerr=[100 * p[1].half_width for p in pts], fmt="o-",
+                    capsize=3)
+    ax.axhline(0, color="grey", lw=1)
+    ax.set_xlabel("weak model = phase-1 snapshot at % of phase 1 (100 = M1 itself)")
+    ax.set_ylabel("WMSS − SFT at phase 3's schedule (points)")
+    ax.set_title("Weak-checkpoint sweep (λ = 0.5, paired 95% t-CI)")
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def plot_logits(rows, curves, path):
+    """Mean target logit, mean and max non-target logit, margin and entropy per arm (held-out answer tokens)."""
+    plt = _plt()
+    names = [n for n in ARMS if any(r["arm"] == n for r in rows)]
+    m1 = [c for c in curves if float(c["label"]) == 0.0 and c["arm"] == "sft_p3"]
+    groups = ([("M1", m1)] if m1 else []) + [(n, [r for r in rows if r["arm"] == n]) for n in names]
+    keys = ("target_logit", "nontarget_logit_mean", "nontarget_logit_max", "margin", "entropy")
+    fig, axes = plt.subplots(1, len(keys), figsize=(3.2 * len(keys), 4.2))
+    for ax, k in zip(axes, keys):
+        means = [np.mean([float(r[k]) for r in g]) for _, g in groups]
+        errs = [(_try(mean_ci, [float(r[k]) for r in g]).half_width if len(g) > 1 else 0) for _, g in groups]
+        ax.barh(range(len(groups)), means, xerr=errs, color=["grey"] + ["C0"] * (len(groups) - 1), capsize=2)
+        ax.set_yticks(range(len(groups)))
+        ax.set_yticklabels([g for g, _ in groups] if ax is axes[0] else [], fontsize=7)
+        ax.set_title(k, fontsize=9)
+        ax.grid(alpha=0.3, axis="x")
+    fig.suptitle("Logit statistics on held-out answer tokens (mean over seeds, 95% t-CI)")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def write_report(out: str, cfg: LabConfig) -> str:
+    rows, curves, correct = load(out)
+    text = ["# Lab results", "", f"Config: `{json.dumps(json.loads(cfg.to_json()), sort_keys=True)}`", "",
+            "## Arms", "", table(rows, correct), "## Mechanism", "", mechanism(rows, curves),
+            "## Seeds needed (from the pilot's SD of paired differences)", "", plan(rows)]
+    md = "\n".join(text)
+    with open(os.path.join(out, "report.md"), "w") as f:
+        f.write(md)
+    if curves:
+        plot_budget(curves, os.path.join(out, "accuracy_vs_budget.png"))
+        plot_logits(rows, curves, os.path.join(out, "logit_stats.png"))
+    if any(r["arm"] in SWEEP for r in rows):
+        plot_sweep(rows, cfg, os.path.join(out, "weak_sweep.png"))
+    return md
+
+
+def saturation_csv(record: dict, path: str):
+    cfg = record["config"]
+    spe = -(-cfg["n_train"] // cfg["batch_size"])
+    keep = ("step", "train_loss", "train_accuracy", "accuracy", "accuracy_se", "token_accuracy", "nll", "entropy",
+            "target_logit", "nontarget_logit_mean", "margin")
+    rows = [{"epoch": round(r["step"] / spe, 3), "phase": r["label"][0], **{k: r.get(k) for k in keep}}
+            for r in sorted(record["rows"], key=lambda r: r["step"])]
+    write_csv(path, rows)
+    return rows

@@ -1,0 +1,122 @@
+"""The method lab's task, tokenizer and scorer (benchmarks/methods/lab): quick checks, no training."""
+
+import importlib.util
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:  # the benchmarks folder is not an installed package
+    sys.path.insert(0, str(ROOT))
+if importlib.util.find_spec("benchmarks.methods.lab") is None:  # pragma: no cover
+    pytest.skip("benchmarks/ not importable", allow_module_level=True)
+
+from benchmarks.methods.lab.model import lab_model  # noqa: E402
+from benchmarks.methods.lab.scoring import encode, pack, score, unpack  # noqa: E402
+from benchmarks.methods.lab.task import AdditionTask, char_tokenizer  # noqa: E402
+
+
+def test_task_answers_and_disjoint_split():
+    task = AdditionTask(3)
+    assert task.prompt(47, 589) == "047+589=" and task.answer(47, 589) == "0636"
+    assert task.carries(999, 1) == 3 and task.carries(123, 456) == 0
+    train, test = task.split(500, 800, seed=1)
+    train2, test2 = task.split(300, 800, seed=2)
+    assert (test == test2).all()  # the held-out set does not depend on the training seed
+    ids = lambda p: {int(a) * 1000 + int(b) for a, b in p}  # noqa: E731
+    assert len(ids(train)) == 500 and len(ids(test)) == 800
+    assert not ids(train) & ids(test) and not ids(train2) & ids(test)
+    assert ids(train) != ids(train2)
+    for a, b in train[:50]:
+        assert int(task.answer(a, b)) == a + b
+    with pytest.raises(ValueError, match="distinct problems"):
+        AdditionTask(1).split(60, 50, seed=0)
+
+
+def test_char_tokenizer_one_token_per_character():
+    tok = char_tokenizer()
+    text = "047+589=0636" + tok.eos_token
+    ids = tok(text, add_special_tokens=False)["input_ids"]
+    assert len(ids) == 13 and ids[-1] == tok.eos_token_id
+    assert len(set(ids[:12])) == len(set(text[:12]))
+    assert tok.decode(ids, skip_special_tokens=True) == "047+589=0636"
+    assert tok.pad_token_id == 0 and len(tok) == 15
+
+
+def test_encoding_matches_sft_trainer(tmp_path):
+    """The scorer sees exactly the tokens SFTTrainer trains on: same ids, the completion (+ EOS) supervised."""
+    from trl import SFTConfig, SFTTrainer
+
+    task, tok = AdditionTask(3), char_tokenizer()
+    pairs, _ = task.split(8, 10, seed=0)
+    args = SFTConfig(output_dir=str(tmp_path), report_to="none", use_cpu=True, bf16=False, max_length=64)
+    trainer = SFTTrainer(lab_model(tok), args=args, train_dataset=task.dataset(pairs), processing_class=tok)
+    batch = trainer.data_collator([trainer.train_dataset[i] for i in range(8)])
+    enc = encode(task, tok, pairs)
+    assert torch.equal(batch["input_ids"], enc.input_ids)
+    supervised = batch["labels"] != -100
+    assert supervised[:, : task.prompt_len].sum() == 0
+    assert supervised[:, task.prompt_len:].all()
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_teacher_forced_score_equals_greedy_decoding(seed):
+    """Greedy decoding agrees with the teacher-forced argmax up to and including the first wrong answer token, so
+    'every teacher-forced argmax right' is 'greedy output = gold' (the scorer's claim)."""
+    task, tok = AdditionTask(2), char_tokenizer()
+    model = lab_model(tok, seed=seed)
+    train, test = task.split(512, 64, seed=seed, test_seed=seed)
+    # a few Adam steps, so that the model gets some answer prefixes right (a random model gets none)
+    opt = torch.optim.Adam(model.parameters(), lr=3e-3)
+    data = encode(task, tok, train).input_ids
+    torch.manual_seed(seed)
+    for _ in range(40):
+        batch = data[torch.randint(0, len(data), (64,))]
+        labels = batch.clone()
+        labels[:, : task.prompt_len] = -100
+        model(input_ids=batch, labels=labels).loss.backward()
+        opt.step()
+        opt.zero_grad()
+    model.eval()
+    enc = encode(task, tok, test)
+    result = score(model, enc)
+    logits = model(input_ids=enc.input_ids[:, :-1]).logits[:, enc.prompt_len - 1:]
+    tf = logits.argmax(-1)
+    gold = enc.targets
+    gen = model.generate(enc.input_ids[:, : enc.prompt_len], max_new_tokens=gold.shape[1], do_sample=False,
+                         pad_token_id=tok.pad_token_id, eos_token_id=None)[:, enc.prompt_len:]
+    prefix_hits = 0
+    for i in range(len(enc)):
+        wrong = (tf[i] != gold[i]).nonzero()
+        k = int(wrong[0]) if len(wrong) else gold.shape[1] - 1
+        assert torch.equal(gen[i, : k + 1], tf[i, : k + 1]), i
+        assert bool(result["correct"][i]) == torch.equal(gen[i], gold[i])
+        prefix_hits += k
+    assert prefix_hits > 0  # not vacuous: some problems have a right prefix
+
+
+def test_logit_statistics_by_hand():
+    task, tok = AdditionTask(2), char_tokenizer()
+    model = lab_model(tok, seed=3)
+    _, test = task.split(0, 5, seed=0)
+    enc = encode(task, tok, test)
+    res = score(model, enc, batch_size=2)
+    z = model(input_ids=enc.input_ids[:, :-1]).logits[:, enc.prompt_len - 1:].detach().double()
+    y = enc.targets
+    zt = z.gather(-1, y.unsqueeze(-1)).squeeze(-1)
+    other = z.scatter(-1, y.unsqueeze(-1), float("-inf"))
+    p = z.softmax(-1)
+    assert res["target_logit"] == pytest.approx(zt.mean().item(), rel=1e-5)
+    assert res["nontarget_logit_mean"] == pytest.approx(((z.sum(-1) - zt) / (z.shape[-1] - 1)).mean().item(), rel=1e-5)
+    assert res["margin"] == pytest.approx((zt - other.max(-1).values).mean().item(), rel=1e-5)
+    assert res["entropy"] == pytest.approx(-(p * p.log()).sum(-1).mean().item(), rel=1e-5)
+    assert res["nll"] == pytest.approx(-(p.gather(-1, y.unsqueeze(-1)).log()).mean().item(), rel=1e-5)
+    assert res["n"] == 5 and res["correct"].dtype == bool
+
+
+def test_pack_roundtrip():
+    bits = np.random.default_rng(0).random(4001) < 0.4
+    assert (unpack(pack(bits), 4001) == bits).all()
