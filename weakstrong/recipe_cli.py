@@ -11,6 +11,7 @@ import ast
 import json
 import os
 import re
+import sys
 
 
 def add_passthrough_arguments(parser, example_config: str, epilog: str) -> None:
@@ -44,7 +45,7 @@ def parse_recipe(parser, argv=None):
 
     from .cli import UserError
 
-    argv = list(argv or [])
+    argv = sys.argv[1:] if argv is None else list(argv)  # None = this process's command line (accelerate launch)
     source = argv[argv.index("--config") + 1] if "--config" in argv[:-1] else "the command line"
 
     def error(message):  # argparse would print the whole usage (hundreds of SFTConfig flags) and exit
