@@ -23,7 +23,10 @@ from .scoring import unpack
 @dataclass(frozen=True)
 class Arm:
     """One arm. ``kind``: ``"sft_same"`` (the continuation inside phase 1's run), ``"sft"`` (fresh SFT from M1 at
-    phase 3's schedule) or ``"wmss"``. ``weak``: fraction of phase 1 of the weak snapshot (None = the config's)."""
+    phase 3's schedule) or ``"wmss"``. ``weak``: fraction of phase 1 of the weak snapshot (None = the config's).
+    ``lr``: phase 3's peak rate (None = ``cfg.p3_lr``). ``logit_scale`` (SFT only): train on the cross-entropy of
+    ``logit_scale · z`` (the temperature-only control: with a near-uniform weak model, WMSS's mixed logits
+    ``λ·z_strong + (1-λ)·z_weak`` are ≈ ``λ·z_strong``); the kept model is scored unscaled, as WMSS's strong is."""
 
     title: str
     kind: str
@@ -33,6 +36,8 @@ class Arm:
     weight_formula: str = "paper"
     rounds: int = 1
     weak: float | None = None
+    lr: float | None = None
+    logit_scale: float | None = None
     wmss: dict = field(default_factory=dict)
 
 
@@ -52,10 +57,28 @@ ARMS: dict[str, Arm] = {
     "weak_w025": Arm("WMSS, weak = 25% of phase 1", "wmss", weak=0.25),
     "weak_w050": Arm("WMSS, weak = 50% of phase 1", "wmss", weak=0.50),
     "weak_w090": Arm("WMSS, weak = 90% of phase 1", "wmss", weak=0.90),
+    "weak_w098": Arm("WMSS, weak = 98% of phase 1", "wmss", weak=0.98),
+    "temp_only": Arm("SFT on CE(0.5·z), no weak model", "sft", logit_scale=0.5),
+    "sft_p3_lr2e-3": Arm("SFT at phase 3's schedule, peak 2e-3", "sft", lr=2e-3),
+    "wmss_lr2e-3": Arm("WMSS λ=0.5, peak 2e-3", "wmss", lr=2e-3),
+    "wmss_l0.3_lr5e-4": Arm("WMSS λ=0.3, peak 5e-4", "wmss", mix_lambda=0.3, lr=5e-4),
 }
 CONTROLS = ("sft_same", "sft_p3")
 #: the weak-checkpoint sweep, by fraction of phase 1 (the config's own weak fraction is the arm "wmss")
-SWEEP = ("weak_w000", "weak_w010", "weak_w025", "weak_w050", "weak_w090")
+SWEEP = ("weak_w000", "weak_w010", "weak_w025", "weak_w050", "weak_w090", "weak_w098")
+#: each arm's control: the SFT arm with the same phase-3 schedule and rate (None: compare with sft_p3)
+RATE_CONTROL = {"wmss_lr2e-3": "sft_p3_lr2e-3"}
+
+
+class _ScaleLogits:
+    """Forward hook on the output head: multiply the logits by ``scale`` while the model is in training mode (the
+    Trainer's loss sees ``scale · z``; scoring, in eval mode, sees ``z``)."""
+
+    def __init__(self, scale: float):
+        self.scale = scale
+
+    def __call__(self, module, inputs, output):
+        return output * self.scale if module.training else output
 
 
 def arm_weak(cfg: LabConfig, arm: Arm) -> float:
@@ -75,7 +98,9 @@ def _budget_evals(cfg: LabConfig, offset: int = 0, upto: int | None = None) -> d
 
 def _row(cfg, seed, name, arm, rows, cpu_s, steps, extra=None) -> dict:
     final = max(rows, key=lambda r: r["label"])
-    base = {"arm": name, "seed": seed, "kind": arm.kind, "mix_lambda": arm.mix_lambda if arm.kind == "wmss" else "",
+    base = {"arm": name, "seed": seed, "kind": arm.kind,
+            "mix_lambda": arm.mix_lambda if arm.kind == "wmss" else (arm.logit_scale or ""),
+            "p3_lr": "" if arm.kind == "sft_same" else (cfg.p3_lr if arm.lr is None else arm.lr),
             "weak": arm_weak(cfg, arm) if arm.kind == "wmss" else "", "train_cpu_s": round(cpu_s, 2),
             "train_steps": steps}
     keys = ("accuracy", "accuracy_se", "token_accuracy", "target_logit", "nontarget_logit_mean",
@@ -106,7 +131,8 @@ def run_arm(cfg: LabConfig, seed: int, name: str, work: str, log=print) -> dict:
     out_dir = os.path.join(work, f"seed{seed}", name)
     shutil.rmtree(out_dir, ignore_errors=True)
     warmup = round(cfg.p3_warmup_ratio * cfg.budget_steps)
-    common = dict(learning_rate=cfg.p3_lr, warmup_steps=warmup, lr_scheduler_type=cfg.p3_scheduler)
+    common = dict(learning_rate=cfg.p3_lr if arm.lr is None else arm.lr, warmup_steps=warmup,
+                  lr_scheduler_type=cfg.p3_scheduler)
     t_cpu = time.process_time()
     eval_cpu = 0.0
     extra: dict = {}
@@ -116,7 +142,10 @@ def run_arm(cfg: LabConfig, seed: int, name: str, work: str, log=print) -> dict:
 
         ev = EvalAtSteps(_budget_evals(cfg), data.test, data.train_probe)
         args = sft_args(cfg, out_dir, seed, max_steps=cfg.budget_steps, **common)
-        trainer = quiet(SFTTrainer(AutoModelForCausalLM.from_pretrained(m1_dir), args=args, train_dataset=data.train,
+        model = AutoModelForCausalLM.from_pretrained(m1_dir)
+        if arm.logit_scale is not None:
+            model.get_output_embeddings().register_forward_hook(_ScaleLogits(arm.logit_scale))
+        trainer = quiet(SFTTrainer(model, args=args, train_dataset=data.train,
                                    processing_class=data.tokenizer, callbacks=[ev]))
         trainer.train()
         rows, correct, eval_cpu, steps = ev.rows, ev.correct[max(cfg.budget_points)], ev.eval_cpu_s, trainer.state.global_step

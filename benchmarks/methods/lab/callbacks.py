@@ -62,14 +62,14 @@ class EvalAtSteps(TrainerCallback):
 
 class SnapshotAtSteps(TrainerCallback):
     """``save_pretrained`` the model (and tokenizer) into ``folder/<name>`` after the given global steps
-    (``{step: name}``; step 0 = the initial model, saved at ``on_train_begin``)."""
+    (``{name: step}``, several names may share a step; step 0 = the initial model, saved at ``on_train_begin``)."""
 
-    def __init__(self, steps: dict[int, str], folder: str, tokenizer=None):
+    def __init__(self, steps: dict[str, int], folder: str, tokenizer=None):
         self.steps, self.folder, self.tokenizer = dict(steps), folder, tokenizer
         self.saved: dict[str, str] = {}
 
     def _save(self, step, model):
-        for name in [n for s, n in self.steps.items() if s == step]:
+        for name in [n for n, s in self.steps.items() if s == step]:
             path = os.path.join(self.folder, name)
             model.save_pretrained(path)
             if self.tokenizer is not None:

@@ -11,7 +11,7 @@ PHASE1_FIELDS = ("digits", "n_train", "n_test", "test_seed", "hidden_size", "num
                  "lr", "warmup_steps", "phase1_epochs", "budget_epochs", "budget_points", "phase1_eval_every",
                  "weight_decay")
 #: phase-1 checkpoints kept for the weak-checkpoint sweep, as fractions of phase 1's optimizer steps
-SNAPSHOT_FRACTIONS = (0.0, 0.10, 0.25, 0.50, 0.90, 1.0)
+SNAPSHOT_FRACTIONS = (0.0, 0.10, 0.25, 0.50, 0.90, 0.98, 1.0)
 
 
 @dataclass

@@ -123,7 +123,7 @@ def run_phase1(cfg: LabConfig, seed: int, work: str, extra_epochs: int | None = 
         evals[p1 + round(f * cfg.budget_steps)] = ("sft_same", f)
     for e in range(1, extra + 1):  # the continuation, epoch by epoch (saturation: flat for >= 2 more epochs?)
         evals.setdefault(p1 + e * spe, ("continued", e))
-    snaps = {s: snapshot_name(f) for f, s in cfg.snapshot_steps().items()}
+    snaps = {snapshot_name(f): s for f, s in cfg.snapshot_steps().items()}
 
     def show(row):
         log(json.dumps({k: row[k] for k in ("label", "step", "train_loss", "accuracy", "train_accuracy", "nll")
