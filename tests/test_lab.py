@@ -120,3 +120,48 @@ def test_logit_statistics_by_hand():
 def test_pack_roundtrip():
     bits = np.random.default_rng(0).random(4001) < 0.4
     assert (unpack(pack(bits), 4001) == bits).all()
+
+
+def test_zero_head_weak_model_has_zero_logits(tmp_path):
+    from benchmarks.methods.lab.arms import _zero_head
+
+    tok = char_tokenizer()
+    model = lab_model(tok, seed=0)
+    model.save_pretrained(tmp_path / "m1")
+    tok.save_pretrained(tmp_path / "m1")
+    from transformers import AutoModelForCausalLM
+
+    weak = AutoModelForCausalLM.from_pretrained(_zero_head(str(tmp_path / "m1"), str(tmp_path / "arm")))
+    z = weak(input_ids=torch.tensor([[1, 2, 3, 4, 5]])).logits
+    assert torch.count_nonzero(z) == 0
+    # the rest of the model is M1's
+    assert torch.equal(weak.model.embed_tokens.weight, model.model.embed_tokens.weight)
+
+
+def test_reading_rule():
+    from benchmarks.methods.lab.report import reading
+    from weakstrong.stats import Interval
+
+    def iv(lo, hi):
+        return Interval((lo + hi) / 2, lo, hi, 10, 0.95, "t", 0.01)
+
+    assert reading(iv(0.001, 0.02)) == "reproduced"
+    assert reading(iv(-0.02, -0.001)) == "not reproduced (reversed)"
+    assert reading(iv(-0.01, 0.004)).startswith("not reproduced (any gain <")
+    assert reading(iv(-0.01, 0.02)) == "not resolved"
+    assert reading(None) == "n/a"
+
+
+def test_tiny_lab_run_new_arms(tmp_path):
+    """Phase 1 + three arms on a tiny config: snapshots sharing a step are both kept (98% rounds to M1 here), and
+    the temperature-only arm trains something else than plain SFT (a hook on the head's output would not: TRL
+    computes its loss from the head's weight)."""
+    from benchmarks.methods.lab.arms import run_arm
+    from benchmarks.methods.lab.config import LabConfig
+
+    cfg = LabConfig(n_train=64, n_test=128, phase1_epochs=4, budget_epochs=2, warmup_steps=2, phase1_eval_every=2)
+    rows = {a: run_arm(cfg, 0, a, str(tmp_path), log=lambda *_: None)["row"] for a in ("sft_p3", "temp_only", "weak_w098")}
+    assert (tmp_path / "seed0" / "phase1" / "w098").is_dir() and (tmp_path / "seed0" / "phase1" / "w100").is_dir()
+    assert rows["temp_only"]["nll"] != rows["sft_p3"]["nll"]
+    assert rows["temp_only"]["weak"] == "zero" and rows["weak_w098"]["weak"] == 0.98
+    assert all(r["train_steps"] == cfg.budget_steps for r in rows.values())

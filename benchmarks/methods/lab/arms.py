@@ -24,9 +24,11 @@ from .scoring import unpack
 class Arm:
     """One arm. ``kind``: ``"sft_same"`` (the continuation inside phase 1's run), ``"sft"`` (fresh SFT from M1 at
     phase 3's schedule) or ``"wmss"``. ``weak``: fraction of phase 1 of the weak snapshot (None = the config's).
-    ``lr``: phase 3's peak rate (None = ``cfg.p3_lr``). ``logit_scale`` (SFT only): train on the cross-entropy of
-    ``logit_scale · z`` (the temperature-only control: with a near-uniform weak model, WMSS's mixed logits
-    ``λ·z_strong + (1-λ)·z_weak`` are ≈ ``λ·z_strong``); the kept model is scored unscaled, as WMSS's strong is."""
+    ``lr``: phase 3's peak rate (None = ``cfg.p3_lr``). ``weak_zero``: the weak model is M1 with its output head
+    set to 0, frozen, and selection is off, so the mixed logits are exactly ``λ·z_strong``: the temperature-only
+    control (with a near-uniform weak model, e.g. the init, WMSS's ``λ·z_strong + (1-λ)·z_weak`` is ≈ that).
+    It runs through the same WMSSTrainer path as every WMSS arm (TRL's SFTTrainer computes its loss from the head's
+    weight directly, so a hook on the head's output would not reach its loss)."""
 
     title: str
     kind: str
@@ -37,7 +39,7 @@ class Arm:
     rounds: int = 1
     weak: float | None = None
     lr: float | None = None
-    logit_scale: float | None = None
+    weak_zero: bool = False
     wmss: dict = field(default_factory=dict)
 
 
@@ -58,7 +60,8 @@ ARMS: dict[str, Arm] = {
     "weak_w050": Arm("WMSS, weak = 50% of phase 1", "wmss", weak=0.50),
     "weak_w090": Arm("WMSS, weak = 90% of phase 1", "wmss", weak=0.90),
     "weak_w098": Arm("WMSS, weak = 98% of phase 1", "wmss", weak=0.98),
-    "temp_only": Arm("SFT on CE(0.5·z), no weak model", "sft", logit_scale=0.5),
+    "temp_only": Arm("CE of 0.5·z_strong only (weak = zero logits, frozen, no selection)", "wmss", selection=False,
+                     freeze_weak=True, weak_zero=True),
     "sft_p3_lr2e-3": Arm("SFT at phase 3's schedule, peak 2e-3", "sft", lr=2e-3),
     "wmss_lr2e-3": Arm("WMSS λ=0.5, peak 2e-3", "wmss", lr=2e-3),
     "wmss_l0.3_lr5e-4": Arm("WMSS λ=0.3, peak 5e-4", "wmss", mix_lambda=0.3, lr=5e-4),
@@ -70,19 +73,27 @@ SWEEP = ("weak_w000", "weak_w010", "weak_w025", "weak_w050", "weak_w090", "weak_
 RATE_CONTROL = {"wmss_lr2e-3": "sft_p3_lr2e-3"}
 
 
-class _ScaleLogits:
-    """Forward hook on the output head: multiply the logits by ``scale`` while the model is in training mode (the
-    Trainer's loss sees ``scale · z``; scoring, in eval mode, sees ``z``)."""
-
-    def __init__(self, scale: float):
-        self.scale = scale
-
-    def __call__(self, module, inputs, output):
-        return output * self.scale if module.training else output
-
-
-def arm_weak(cfg: LabConfig, arm: Arm) -> float:
+def arm_weak(cfg: LabConfig, arm: Arm):
+    if arm.weak_zero:
+        return "zero"
     return cfg.weak_fraction if arm.weak is None else arm.weak
+
+
+def _zero_head(m1_dir: str, out_dir: str) -> str:
+    """M1 with its output head's weight (and bias) set to 0, saved under ``out_dir/weak-zero``: every logit is 0."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    model = AutoModelForCausalLM.from_pretrained(m1_dir)
+    head = model.get_output_embeddings()
+    with torch.no_grad():
+        head.weight.zero_()
+        if getattr(head, "bias", None) is not None:
+            head.bias.zero_()
+    path = os.path.join(out_dir, "weak-zero")
+    model.save_pretrained(path)
+    AutoTokenizer.from_pretrained(m1_dir).save_pretrained(path)
+    return path
 
 
 def _budget_evals(cfg: LabConfig, offset: int = 0, upto: int | None = None) -> dict[int, float]:
@@ -99,7 +110,7 @@ def _budget_evals(cfg: LabConfig, offset: int = 0, upto: int | None = None) -> d
 def _row(cfg, seed, name, arm, rows, cpu_s, steps, extra=None) -> dict:
     final = max(rows, key=lambda r: r["label"])
     base = {"arm": name, "seed": seed, "kind": arm.kind,
-            "mix_lambda": arm.mix_lambda if arm.kind == "wmss" else (arm.logit_scale or ""),
+            "mix_lambda": arm.mix_lambda if arm.kind == "wmss" else "",
             "p3_lr": "" if arm.kind == "sft_same" else (cfg.p3_lr if arm.lr is None else arm.lr),
             "weak": arm_weak(cfg, arm) if arm.kind == "wmss" else "", "train_cpu_s": round(cpu_s, 2),
             "train_steps": steps}
@@ -142,17 +153,14 @@ def run_arm(cfg: LabConfig, seed: int, name: str, work: str, log=print) -> dict:
 
         ev = EvalAtSteps(_budget_evals(cfg), data.test, data.train_probe)
         args = sft_args(cfg, out_dir, seed, max_steps=cfg.budget_steps, **common)
-        model = AutoModelForCausalLM.from_pretrained(m1_dir)
-        if arm.logit_scale is not None:
-            model.get_output_embeddings().register_forward_hook(_ScaleLogits(arm.logit_scale))
-        trainer = quiet(SFTTrainer(model, args=args, train_dataset=data.train,
+        trainer = quiet(SFTTrainer(AutoModelForCausalLM.from_pretrained(m1_dir), args=args, train_dataset=data.train,
                                    processing_class=data.tokenizer, callbacks=[ev]))
         trainer.train()
         rows, correct, eval_cpu, steps = ev.rows, ev.correct[max(cfg.budget_points)], ev.eval_cpu_s, trainer.state.global_step
     else:
         from weakstrong.wmss import WMSSConfig, WMSSTrainer
 
-        weak_dir = snaps[snapshot_name(arm_weak(cfg, arm))]
+        weak_dir = snaps[snapshot_name(arm_weak(cfg, arm))] if not arm.weak_zero else _zero_head(m1_dir, out_dir)
         per_round = cfg.budget_steps // arm.rounds
         strong_src, weak_src = m1_dir, weak_dir
         rows, steps, correct = [], 0, None

@@ -12,7 +12,7 @@ import numpy as np
 
 from weakstrong.stats import mean_ci, paired_bootstrap, paired_t_ci, seeds_needed
 
-from .arms import ARMS, CONTROLS, SWEEP, arm_weak
+from .arms import ARMS, CONTROLS, RATE_CONTROL, SWEEP, arm_weak
 from .config import LabConfig
 from .scoring import unpack
 
@@ -106,13 +106,82 @@ def table(rows, correct) -> str:
     return "\n".join(lines) + "\n"
 
 
+#: the paper's claims as paired comparisons "a > b" (a claim of no gain is written the other way round)
+CLAIMS = (
+    ("C1 past saturation, WMSS beats SFT given the same budget and schedule", "wmss", "sft_p3"),
+    ("C1' ... and beats SFT continued at phase 1's schedule", "wmss", "sft_same"),
+    ("C2a full WMSS > WD-JT only (selection helps)", "wmss", "wd_jt"),
+    ("C2b WD-JT only > WD-DS only (joint training helps)", "wd_jt", "wd_ds"),
+    ("C2c WD-DS only > SFT", "wd_ds", "sft_p3"),
+    ("C3 a trainable weak model beats a frozen one", "wmss", "frozen"),
+    ("C4 a weak model far from the strong one (init) beats one too close (98%)", "weak_w000", "weak_w098"),
+    ("C4' weak = 98% of phase 1 is worse than SFT (collapse)", "sft_p3", "weak_w098"),
+    ("T weak = init does more than a temperature (CE of 0.5·z)", "weak_w000", "temp_only"),
+    ("T' the temperature alone beats SFT", "temp_only", "sft_p3"),
+    ("R WMSS beats SFT at phase 1's rate (2e-3) too", "wmss_lr2e-3", "sft_p3_lr2e-3"),
+    ("R' the phase-3 rate: 2e-3 vs 1e-3 for SFT", "sft_p3_lr2e-3", "sft_p3"),
+    ("K 2 rounds beat 1 round", "rounds2", "wmss"),
+    ("W the official weight formula vs the paper's", "official", "wmss"),
+    ("L λ = 0.7 vs 0.5", "wmss_l0.7", "wmss"),
+    ("L' λ = 0.3 vs 0.5", "wmss_l0.3", "wmss"),
+    ("L'' λ = 0.3 at 5e-4 vs λ = 0.3 at 1e-3", "wmss_l0.3_lr5e-4", "wmss_l0.3"),
+)
+#: a null is "tight" when the whole 95% interval of the difference lies within ± this many accuracy units
+TIGHT = 0.005
+
+
+def reading(ci) -> str:
+    """The reading rule for a claim "a > b" from the paired 95% interval of a − b."""
+    if ci is None:
+        return "n/a"
+    if ci.low > 0:
+        return "reproduced"
+    if ci.high < 0:
+        return "not reproduced (reversed)"
+    if ci.high <= TIGHT:
+        return f"not reproduced (any gain < {100 * TIGHT:g} point)"
+    return "not resolved"
+
+
+def claims(rows, correct) -> str:
+    acc = by_arm_seed(rows)
+    lines = ["| claim (a > b) | a − b | seeds | Δ points (t, seeds) | Δ points (bootstrap, problems) | reading |",
+             "|---|---|---|---|---|---|"]
+    for title, a, b in CLAIMS:
+        ci, seeds = paired(acc, a, b)
+        if ci is None:
+            continue
+        boot = pooled_bootstrap(correct, a, b, seeds)
+        lines.append(f"| {title} | {a} − {b} | {len(seeds)} | {_fmt_ci(ci)} | {_fmt_ci(boot)} | {reading(ci)} |")
+    lines += ["", f"Reading rule (t-interval over seeds): reproduced = the 95% CI of a − b is above 0; reversed = below "
+              f"0; 'any gain < {100 * TIGHT:g} point' = it contains 0 and its upper end is ≤ +{100 * TIGHT:g} point; "
+              "not resolved = wider. The bootstrap column is test-set noise only (seed-averaged per-problem "
+              "correctness), so it is narrower; the t column is the one that generalises to new seeds."]
+    return "\n".join(lines) + "\n"
+
+
+def collapses(rows, curves, drop=0.05) -> str:
+    """Per arm: seeds whose final accuracy is more than ``drop`` below their own M1 (an instability, not noise)."""
+    m1 = {int(c["seed"]): float(c["accuracy"]) for c in curves if float(c["label"]) == 0.0 and c["arm"] == "sft_p3"}
+    lines = [f"| arm | seeds | seeds ending > {100 * drop:g} points below M1 | worst Δ vs M1 (points) |", "|---|---|---|---|"]
+    for name in ARMS:
+        rs = [r for r in rows if r["arm"] == name and int(r["seed"]) in m1]
+        if not rs:
+            continue
+        d = [float(r["accuracy"]) - m1[int(r["seed"])] for r in rs]
+        bad = sorted(int(r["seed"]) for r, x in zip(rs, d) if x < -drop)
+        lines.append(f"| {name} | {len(rs)} | {len(bad)}" + (f" (seeds {', '.join(map(str, bad))})" if bad else "")
+                     + f" | {100 * min(d):+.1f} |")
+    return "\n".join(lines) + "\n"
+
+
 MECH_KEYS = ("target_logit", "nontarget_logit_mean", "nontarget_logit_max", "margin", "entropy", "nll")
 
 
 def mechanism(rows, curves) -> str:
     """Mean logit statistics on held-out answer tokens: M1 (budget 0 of any arm), the SFT continuations, WMSS."""
     groups = {"M1": [c for c in curves if float(c["label"]) == 0.0 and c["arm"] == "sft_p3"]}
-    for name in ("sft_same", "sft_p3", "wmss"):
+    for name in ("sft_same", "sft_p3", "wmss", "weak_w000", "temp_only", "wd_ds"):
         groups[name] = [r for r in rows if r["arm"] == name]
     m1 = {int(r["seed"]): r for r in groups["M1"]}
     delta_keys = ("target_logit", "nontarget_logit_mean", "margin")
@@ -135,6 +204,17 @@ def mechanism(rows, curves) -> str:
     lines += ["", "Per answer token (digits and EOS) of the held-out set, raw logits (softmax is shift-invariant: only "
               "differences such as the margin = target − max non-target are comparable across models). ± = 95% t-CI "
               "over seeds; the Δ columns are paired by seed (each arm starts from its seed's M1)."]
+    # the paper's comparison is SFT model vs WMSS model: the same statistics paired against the control
+    ref = {int(r["seed"]): r for r in rows if r["arm"] == "sft_p3"}
+    lines += ["", "Paired against the control sft_p3 (arm − sft_p3, 95% t-CI over seeds):", "",
+              "| arm | seeds | " + " | ".join(f"Δ {k}" for k in MECH_KEYS) + " |", "|---|---|" + "---|" * len(MECH_KEYS)]
+    for g in ("sft_same", "wmss", "weak_w000", "temp_only", "wd_ds"):
+        rs = [r for r in rows if r["arm"] == g and int(r["seed"]) in ref]
+        if len(rs) < 2:
+            continue
+        cells = [_fmt_ci(_try(paired_t_ci, [float(r[k]) for r in rs], [float(ref[int(r["seed"])][k]) for r in rs]),
+                         scale=1.0, digits=2) for k in MECH_KEYS]
+        lines.append(f"| {g} | {len(rs)} | " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
 
 
@@ -273,11 +353,58 @@ def plot_logits(rows, curves, path):
     plt.close(fig)
 
 
+def plot_regimes(rows, curves, path):
+    """Where could WMSS help? Paired Δ vs sft_p3 (95% t-CI over seeds) along the budget for the main arms, and as a
+    function of λ (0.3, 0.5, 0.7, 1 = WD-DS)."""
+    plt = _plt()
+    by = defaultdict(dict)  # (arm, budget fraction) -> {seed: accuracy}
+    for c in curves:
+        by[(c["arm"], float(c["label"]))][int(c["seed"])] = float(c["accuracy"])
+    fig, ax = plt.subplots(1, 2, figsize=(11, 4))
+    for i, name in enumerate(("wmss", "wd_jt", "wd_ds", "frozen", "weak_w000", "temp_only")):
+        xs, ms, hs = [], [], []
+        for f in sorted({f for (a, f) in by if a == name and f > 0}):
+            seeds = sorted(set(by[(name, f)]) & set(by.get(("sft_p3", f), {})))
+            if len(seeds) < 2:
+                continue
+            ci = paired_t_ci([by[(name, f)][s] for s in seeds], [by[("sft_p3", f)][s] for s in seeds])
+            xs.append(f + 0.008 * (i - 2.5))
+            ms.append(100 * ci.estimate)
+            hs.append(100 * ci.half_width)
+        if xs:
+            ax[0].errorbar(xs, ms, yerr=hs, fmt="o-", ms=3, capsize=2, label=name)
+    ax[0].axhline(0, color="grey", lw=1)
+    ax[0].set_xlabel("fraction of the post-M1 budget (both arms' rate schedules scale with it)")
+    ax[0].set_ylabel("arm − sft_p3 (points)")
+    ax[0].set_title("Along the budget (paired 95% t-CI)", fontsize=10)
+    if ax[0].get_legend_handles_labels()[0]:
+        ax[0].legend(fontsize=7)
+    acc = by_arm_seed(rows)
+    pts = []
+    for name, lam in (("wmss_l0.3", 0.3), ("wmss", 0.5), ("wmss_l0.7", 0.7), ("wd_ds", 1.0)):
+        ci, _ = paired(acc, name, "sft_p3")
+        if ci is not None:
+            pts.append((lam, ci))
+    if pts:
+        ax[1].errorbar([p[0] for p in pts], [100 * p[1].estimate for p in pts],
+                       yerr=[100 * p[1].half_width for p in pts], fmt="o-", capsize=3)
+    ax[1].axhline(0, color="grey", lw=1)
+    ax[1].set_xlabel("λ (mixed logits λ·z_strong + (1−λ)·z_weak; 1 = WD-DS only)")
+    ax[1].set_ylabel("WMSS − sft_p3 after the full budget (points)")
+    ax[1].set_title("Along λ (weak = 25% snapshot, paired 95% t-CI)", fontsize=10)
+    for a in ax:
+        a.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
 def write_report(out: str, cfg: LabConfig) -> str:
     rows, curves, correct = load(out)
     text = ["# Lab results", "", f"Config: `{json.dumps(json.loads(cfg.to_json()), sort_keys=True)}`", "",
-            "## Arms", "", table(rows, correct), "## Mechanism", "", mechanism(rows, curves),
-            "## Seeds needed (from the pilot's SD of paired differences)", "", plan(rows)]
+            "## Arms", "", table(rows, correct), "## Claims", "", claims(rows, correct),
+            "## Collapses", "", collapses(rows, curves), "## Mechanism", "", mechanism(rows, curves),
+            "## Seeds needed (from the SD of the paired differences measured here)", "", plan(rows)]
     md = "\n".join(text)
     with open(os.path.join(out, "report.md"), "w") as f:
         f.write(md)
@@ -286,6 +413,8 @@ def write_report(out: str, cfg: LabConfig) -> str:
         plot_logits(rows, curves, os.path.join(out, "logit_stats.png"))
     if any(r["arm"] in SWEEP for r in rows):
         plot_sweep(rows, cfg, os.path.join(out, "weak_sweep.png"))
+    if curves:
+        plot_regimes(rows, curves, os.path.join(out, "regimes.png"))
     return md
 
 
