@@ -1,11 +1,14 @@
-"""``weakstrong demo`` — the main job: WMSS on the embedded SmolLM2-135M-Instruct, on CPU, in minutes.
+"""``weakstrong demo`` — the main job: WMSS on the embedded SmolLM2-135M-Instruct, on CPU, in minutes, against the
+control a user needs: the same budget spent on plain SFT.
 
-1. evaluate the starting model M0 on a held-out test set of a built-in verifiable task;
-2. phase 1: SFT → M1, evaluated again;
-3. phase 2: entropies of M0 (weak) and M1 (strong) on the training set, weighted draw, entropy plot;
-4. phase 3: joint training on the mixed logits; the strong model is evaluated and saved.
+1. phase 1: SFT of M0 → M1 (one epoch), evaluated on held-out problems of a built-in verifiable task;
+2. WMSS from M1: phase 2 (entropies of M0 and M1 on the training set, the weighted draw, the entropy plot) and
+   phase 3 (joint training on the mixed logits) — N optimizer steps; the strong model is evaluated and saved;
+3. the control from the same M1: plain SFT for the same N optimizer steps, same batch, rate and schedule (a fresh
+   optimizer, as phase 3 has); evaluated and saved;
+4. the difference WMSS − SFT with its paired bootstrap interval over the test problems, and what it allows.
 
-Prints accuracy next to balanced accuracy and the always-majority baseline for every stage.
+M0 is evaluated too with ``--eval-m0`` (one more evaluation).
 """
 
 from __future__ import annotations
@@ -18,6 +21,8 @@ import time
 # 4% to 19% on held-out problems (it learns the worked format and when to stop), while the "hard" tier stays at 0
 # (see benchmarks/README.md, "Methods / WMSS", for the learning curve over seeds).
 DEFAULT_TASK = "arithmetic"
+#: the control's folder under the output dir: plain SFT from M1 for as many steps as the WMSS round took
+CONTROL = "sft-control"
 
 
 def add_arguments(parser) -> None:
@@ -41,6 +46,7 @@ def add_arguments(parser) -> None:
     parser.add_argument("--threads", type=int, default=None,
                         help="torch CPU threads (default: 2 on an idle machine, 1 when the load average says the cores "
                              "are shared: OpenMP threads competing with other processes are many times slower)")
+    parser.add_argument("--eval-m0", action="store_true", help="also evaluate the untrained model M0 (slower)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--output-dir", default="wmss-demo", help="where the plot, logs and final strong model go")
 
@@ -82,7 +88,8 @@ class _RichProgress:
                     outer.advance(info["k"])
 
             def on_train_begin(self, args, state, control, **kwargs):
-                phase = "phase 1 SFT" if args.output_dir.rstrip("/").endswith("sft") else "phase 3 joint (WMSS)"
+                name = os.path.basename(args.output_dir.rstrip("/"))
+                phase = {"sft": "phase 1 SFT", CONTROL: "control: SFT"}.get(name, "phase 3 joint (WMSS)")
                 outer.start_task(phase, state.max_steps)
 
             def on_step_end(self, args, state, control, **kwargs):
@@ -96,22 +103,72 @@ class _RichProgress:
         return Callback()
 
 
-def main(args) -> int:
+def _cpu_accelerator_env() -> None:
+    """Tell DeepSpeed (imported by transformers and accelerate) that this is a CPU run, so that it does not warn
+    "Setting accelerator to CPU ..." after failing to find a GPU. A user's own ``DS_ACCELERATOR`` is kept."""
     import torch
+
+    if not torch.cuda.is_available():
+        os.environ.setdefault("DS_ACCELERATOR", "cpu")
+
+
+def _verdict(diff, n_wmss_only: int, n_sft_only: int) -> list[str]:
+    """What the paired interval of WMSS − SFT allows, in words (never an unqualified gain or drop)."""
+    lo, hi, est = 100 * diff.low, 100 * diff.high, 100 * diff.estimate
+    head = (f"WMSS − SFT: {est:+.1f} points, 95% CI [{lo:+.1f}, {hi:+.1f}] (paired bootstrap over the "
+            f"{diff.n} test problems; WMSS right where SFT is wrong on {n_wmss_only}, the reverse on {n_sft_only}).")
+    if n_wmss_only == 0 and n_sft_only == 0:
+        say = "The two models were right on exactly the same problems: this run shows no difference either way."
+    elif lo > 0:
+        say = (f"The interval excludes 0: on these problems WMSS beat the same budget of SFT, by {lo:.1f} to "
+               f"{hi:.1f} points.")
+    elif hi < 0:
+        say = (f"The interval excludes 0: on these problems WMSS fell behind the same budget of SFT, by "
+               f"{-hi:.1f} to {-lo:.1f} points.")
+    else:
+        say = (f"The interval includes 0: this run cannot tell WMSS from plain SFT. It allows anything from "
+               f"{lo:+.1f} to {hi:+.1f} points.")
+    return [head, say, "The interval covers which test problems were drawn, not the training seed; the seeded "
+            "comparison is the method lab's (benchmarks/README.md, Methods / WMSS)."]
+
+
+def _stage_table(results: dict, title: str):
+    """Accuracy per stage in at most 80 columns: accuracy, unparseable answers, accuracy per difficulty tier."""
+    from rich import box
+    from rich.table import Table
+
+    order = {"easy": 0, "medium": 1, "hard": 2}
+    tiers = sorted({d for r in results.values() for d in r["per_difficulty"]}, key=lambda d: (order.get(d, 3), d))
+    table = Table(title=title, box=box.SIMPLE_HEAD, pad_edge=False)
+    table.add_column("stage", justify="left", no_wrap=True)
+    for col in ["acc %", "n", "unparsed"] + [f"{t} %" for t in tiers]:
+        table.add_column(col, justify="right", no_wrap=True)
+    for name, r in results.items():
+        per = [f"{100 * r['per_difficulty'][t]['accuracy']:.1f}" if t in r["per_difficulty"] else "-" for t in tiers]
+        table.add_row(name, f"{100 * r['accuracy']:.1f}", str(r["n"]), str(r["unparseable"]), *per)
+    return table
+
+
+def main(args) -> int:
+    import warnings
+
+    import torch
+
+    _cpu_accelerator_env()
+    import datasets
     from rich.console import Console
     from rich.panel import Panel
     from rich.table import Table
     from transformers.trainer_callback import PrinterCallback
+    from transformers.utils import logging as hf_logging
+    from trl import SFTConfig, SFTTrainer
+
     from .evaluation import evaluate
     from .models import load_model, resolve_model_path
-    from .reporting import score_table
+    from .stats import paired_bootstrap
     from .tasks import get_task
     from .wmss import WMSSConfig, run_wmss
-
-    import warnings
-
-    import datasets
-    from transformers.utils import logging as hf_logging
+    from .wmss.config import config_from
 
     t_start = time.time()
     hf_logging.disable_progress_bar()
@@ -125,41 +182,44 @@ def main(args) -> int:
     test = task.generate(args.test_size, seed=10_000 + args.seed)
     max_new = args.max_new_tokens or (128 if args.task == "meeting_rooms" else 80)
     console.print(Panel.fit(
-        f"[bold]WMSS demo[/] — {args.model!r} on [cyan]{args.task}[/]: {len(train)} training / {len(test)} test problems, "
-        f"λ={args.mix_lambda}, {args.weight_formula} weights, SFT lr {args.lr:g}, phase-3 lr {args.wmss_lr:g}, "
-        f"{'LoRA' if args.lora else 'full fine-tuning'}, "
-        f"{torch.get_num_threads()} CPU thread(s)", title="weakstrong demo"))
+        f"[bold]WMSS demo[/] — {args.model!r} on [cyan]{args.task}[/]: {len(train)} training / {len(test)} test "
+        f"problems\nSFT 1 epoch at {args.lr:g} → M1; then from M1, the same budget and schedule (lr "
+        f"{args.wmss_lr:g}, constant) for WMSS (λ={args.mix_lambda}, {args.weight_formula} weights) and for plain "
+        f"SFT\n{'LoRA' if args.lora else 'full fine-tuning'}, {torch.get_num_threads()} CPU thread(s)",
+        title="weakstrong demo"))
 
     model, tokenizer = load_model(args.model)
     bar = _RichProgress(console)
     results, timings = {}, {}
     model_ref = {"model": model}
 
-    def run_eval(title):
+    def run_eval(title, short):
         t = time.time()
-        bar.start_task(f"eval {title.split()[0]}", len(test))
+        bar.start_task(f"eval {short}", len(test))
         r = evaluate(model_ref["model"], tokenizer, task, test, max_new_tokens=max_new, batch_size=24,
                      progress=lambda k: bar.advance(k))
         results[title] = r
-        timings[f"eval: {title}"] = time.time() - t
+        timings[f"eval {short}"] = time.time() - t
         console.print(f"  {title}: accuracy {100 * r['accuracy']:.1f}%"
                       + (f", balanced {100 * r['balanced_accuracy']:.1f}%" if r["balanced_accuracy"] is not None else ""))
+        return r
 
     stage_start = {}
-    selection = {}
+    wmss_info = {}
 
     def on_stage_end(name, path, trainer):
         # the chain calls this after each stage: evaluate M1 after SFT, the strong model after the WMSS round
         now = time.time()
         if name == "sft":
-            timings["phase 1: SFT"] = now - stage_start["sft"]
+            timings["SFT"] = now - stage_start["sft"]
             model_ref["model"] = trainer.model
-            run_eval("M1 (after phase 1: SFT)")
+            run_eval("M1 (SFT, 1 epoch)", "M1")
         else:
-            timings["phases 2+3: selection + joint"] = now - stage_start["wmss"]
+            timings["WMSS"] = now - stage_start["wmss"]
             model_ref["model"] = trainer.accelerator.unwrap_model(trainer.model).strong
-            run_eval("M2 (after WMSS)")
-            selection.update(trainer.selection)
+            wmss_info.update(selection=trainer.selection, steps=trainer.state.global_step)
+            run_eval(f"M1 + WMSS ({trainer.state.global_step} steps)", "WMSS")
+        model_ref["model"] = None
         stage_start["wmss"] = time.time()
 
     peft_config = None
@@ -178,25 +238,55 @@ def main(args) -> int:
     )
     sft_args = {"learning_rate": args.lr, "num_train_epochs": 1, "max_steps": args.sft_steps or -1}
     with bar.progress:
-        run_eval("M0 (untrained)")
+        if args.eval_m0:
+            run_eval("M0 (untrained)", "M0")
         model_ref["model"] = model = None  # the chain loads M0 from its path; free the evaluated copy
         stage_start["sft"] = time.time()
         result = run_wmss(resolve_model_path(args.model), train, config, sft_args=sft_args, processing_class=tokenizer,
                           peft_config=peft_config, callbacks=[bar.callback()], on_stage_end=on_stage_end,
                           on_stage_begin=lambda name, trainer: trainer.remove_callback(PrinterCallback))
+        # the control: plain SFT from the same M1, as many optimizer steps as the WMSS round took, same batch, rate
+        # and schedule, a fresh optimizer (as phase 3 has)
+        t = time.time()
+        steps = wmss_info["steps"]
+        control_dir = os.path.join(args.output_dir, CONTROL)
+        ccfg = config_from(SFTConfig, config, output_dir=control_dir, max_steps=steps, num_train_epochs=1)
+        m1 = result.stages["sft"]
+        if args.lora:
+            from .wmss.pipeline import _load_adapter_model
+
+            m1 = _load_adapter_model(result.stages["m0"], m1, ccfg)
+        control = SFTTrainer(m1, args=ccfg, train_dataset=train, processing_class=tokenizer,
+                             callbacks=[bar.callback()])
+        control.remove_callback(PrinterCallback)
+        control.train()
+        control.save_model(control_dir)
+        control.save_state()
+        timings["SFT control"] = time.time() - t
+        model_ref["model"] = control.model
+        run_eval(f"M1 + SFT ({control.state.global_step} steps)", "SFT")
+        model_ref["model"] = control = None
         final_dir = result.final_dir
 
-    console.print(score_table(results, title=f"WMSS demo — {args.task}, {len(test)} held-out problems"))
-    sel = selection["stats"]
-    tel = Table(title="Phase 2 telemetry (round 1, nats)")
-    for col in ("H weak (M0)", "H strong (M1)", "mean ΔH", "ΔH<0", "ΔH>0", "drawn set", "duplicates dropped"):
-        tel.add_column(col, justify="right")
+    console.print(_stage_table(results, f"{args.task}: {len(test)} held-out problems"))
+    wmss_r, sft_r = list(results.values())[-2], list(results.values())[-1]
+    a = [float(c) for c in wmss_r["correct"]]
+    b = [float(c) for c in sft_r["correct"]]
+    diff = paired_bootstrap(a, b, n_resamples=10_000, seed=args.seed)
+    only_w = sum(x > y for x, y in zip(a, b))
+    only_s = sum(y > x for x, y in zip(a, b))
+    for line in _verdict(diff, only_w, only_s):
+        console.print(line)
+    sel = wmss_info["selection"]["stats"]
+    tel = Table(title="Phase 2 (nats)", box=None)
+    for col in ("H weak M0", "H strong M1", "mean ΔH", "ΔH<0", "kept set", "duplicates"):
+        tel.add_column(col, justify="right", no_wrap=True)
     tel.add_row(f"{sel['entropy/weak']:.3f}", f"{sel['entropy/strong']:.3f}", f"{sel['entropy/delta']:+.3f}",
-                f"{sel['delta/share_negative']:.0%}", f"{sel['delta/share_positive']:.0%}",
-                f"{int(sel['selection/size'])} of {len(train)}", str(int(sel['selection/duplicates'])))
+                f"{sel['delta/share_negative']:.0%}", f"{int(sel['selection/size'])}/{len(train)}",
+                str(int(sel['selection/duplicates'])))
     console.print(tel)
     timings["total"] = time.time() - t_start
     console.print("Wall time: " + ", ".join(f"{k} {v:.0f}s" for k, v in timings.items()))
     console.print(f"Entropy plot: {os.path.join(final_dir, 'selection', 'entropies.png')}")
-    console.print(f"Strong model (loadable with AutoModelForCausalLM): {final_dir}")
+    console.print(f"Models (AutoModelForCausalLM): WMSS {final_dir}, SFT control {control_dir}")
     return 0

@@ -259,7 +259,7 @@ class Task(ABC):
         """Accuracy and the honest companions of accuracy.
 
         Keys: ``n``, ``accuracy``, ``majority_baseline`` (accuracy of always giving the most common gold
-        answer), ``unparseable`` (count), ``per_difficulty`` ({difficulty: {n, accuracy}}), and for
+        answer), ``unparseable`` (count), ``correct`` (a bool per row, in order), ``per_difficulty`` ({difficulty: {n, accuracy}}), and for
         classification tasks ``balanced_accuracy`` (mean recall over the gold classes present),
         ``per_class_recall`` and ``confusion`` ({gold: {predicted or "unparseable": count}}); these three are
         None for open-answer tasks. ``echo``: the strategy that was in the prompt (see :meth:`parse_answer`).
@@ -280,6 +280,7 @@ class Task(ABC):
             "accuracy": sum(correct) / n if n else 0.0,
             "majority_baseline": majority,
             "unparseable": sum(p is None for p in preds),
+            "correct": correct,  # per problem, in dataset order (for paired comparisons of two models)
             "per_difficulty": {
                 d: {"n": len(v), "accuracy": sum(v) / len(v)} for d, v in sorted(by_diff.items())
             },
