@@ -120,11 +120,11 @@ def _verdict(diff, n_wmss_only: int, n_sft_only: int) -> list[str]:
     if n_wmss_only == 0 and n_sft_only == 0:
         say = "The two models were right on exactly the same problems: this run shows no difference either way."
     elif lo > 0:
-        say = (f"The interval excludes 0: on these problems WMSS beat the same budget of SFT, by {lo:.1f} to "
-               f"{hi:.1f} points.")
+        say = (f"The interval excludes 0: on these {diff.n} problems, in this one training run, WMSS beat the same "
+               f"budget of SFT, by {lo:.1f} to {hi:.1f} points.")
     elif hi < 0:
-        say = (f"The interval excludes 0: on these problems WMSS fell behind the same budget of SFT, by "
-               f"{-hi:.1f} to {-lo:.1f} points.")
+        say = (f"The interval excludes 0: on these {diff.n} problems, in this one training run, WMSS fell behind "
+               f"the same budget of SFT, by {-hi:.1f} to {-lo:.1f} points.")
     else:
         say = (f"The interval includes 0: this run cannot tell WMSS from plain SFT. It allows anything from "
                f"{lo:+.1f} to {hi:+.1f} points.")

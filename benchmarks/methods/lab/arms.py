@@ -160,6 +160,10 @@ def run_arm(cfg: LabConfig, seed: int, name: str, work: str, log=print) -> dict:
     else:
         from weakstrong.wmss import WMSSConfig, WMSSTrainer
 
+        if not arm.weak_zero and snapshot_name(arm_weak(cfg, arm)) not in snaps:
+            raise ValueError(f"arm {name!r} needs the phase-1 snapshot at {arm_weak(cfg, arm):g} of phase 1, which this "
+                             f"config does not keep (snapshot_fractions={cfg.snapshot_fractions}); add it and rerun "
+                             "phase 1 in a new --work folder")
         weak_dir = snaps[snapshot_name(arm_weak(cfg, arm))] if not arm.weak_zero else _zero_head(m1_dir, out_dir)
         per_round = cfg.budget_steps // arm.rounds
         strong_src, weak_src = m1_dir, weak_dir
@@ -168,13 +172,16 @@ def run_arm(cfg: LabConfig, seed: int, name: str, work: str, log=print) -> dict:
         for r in range(1, arm.rounds + 1):
             steps_r = per_round if r < arm.rounds else cfg.budget_steps - per_round * (arm.rounds - 1)
             evals = _budget_evals(cfg, offset=steps, upto=steps_r)
-            if r > 1:
-                evals.pop(0, None)  # already scored at the end of the previous round
+            if r > 1 or cfg.model:
+                # round r > 1: scored at the end of the previous round; a pretrained model's M1 is scored once, by
+                # sft_p3 (it is the same M1 for every arm, and one evaluation costs a CPU-minute there)
+                evals.pop(0, None)
             ev = EvalAtSteps(evals, data.test, data.train_probe, get_model=lambda joint: joint.strong)
             args = sft_args(cfg, os.path.join(out_dir, f"round-{r}"), seed, config_cls=WMSSConfig,
                             max_steps=steps_r, mix_lambda=arm.mix_lambda, selection=arm.selection,
                             freeze_weak=arm.freeze_weak, weight_formula=arm.weight_formula,
-                            save_entropy_plots=False, entropy_batch_size=512, **common)
+                            save_entropy_plots=False, entropy_batch_size=512 if not cfg.model else 32,
+                            **common)
             trainer = quiet(WMSSTrainer(strong_src, weak_model=weak_src, args=args, train_dataset=data.train,
                                         processing_class=data.tokenizer, callbacks=[ev]))
             trainer.train()

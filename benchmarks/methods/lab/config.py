@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 #: the LabConfig fields that define phase 1 and its continuation (the others only matter after M1)
 PHASE1_FIELDS = ("digits", "n_train", "n_test", "test_seed", "hidden_size", "num_layers", "num_heads", "batch_size",
                  "lr", "warmup_steps", "phase1_epochs", "budget_epochs", "budget_points", "phase1_eval_every",
-                 "weight_decay")
+                 "weight_decay", "model", "probe_size")
 #: phase-1 checkpoints kept for the weak-checkpoint sweep, as fractions of phase 1's optimizer steps
 SNAPSHOT_FRACTIONS = (0.0, 0.10, 0.25, 0.50, 0.90, 0.98, 1.0)
 
@@ -45,6 +45,13 @@ class LabConfig:
     budget_points: tuple = (0.25, 0.5, 0.75, 1.0)
     phase1_eval_every: int = 5
     weight_decay: float = 0.0
+    # "" = the tiny Llama from scratch on the character tokenizer; "default" (the embedded SmolLM2-135M-Instruct), a
+    # path or a hub id = that pretrained model and its tokenizer (it must write every digit as one token)
+    model: str = ""
+    # phase-1 snapshots to keep (fractions of phase 1; 0 = the starting model, 1 = M1)
+    snapshot_fractions: tuple = SNAPSHOT_FRACTIONS
+    # training problems scored at each evaluation for the training-set accuracy (the first ``probe_size``)
+    probe_size: int = 1000
     extra: dict = field(default_factory=dict)
 
     def phase1_identity(self) -> dict:
@@ -64,7 +71,7 @@ class LabConfig:
         return self.budget_epochs * self.steps_per_epoch
 
     def snapshot_steps(self) -> dict[float, int]:
-        return {f: round(f * self.phase1_steps) for f in SNAPSHOT_FRACTIONS}
+        return {f: round(f * self.phase1_steps) for f in self.snapshot_fractions}
 
     def to_json(self) -> str:
         return json.dumps(dataclasses.asdict(self), indent=1, sort_keys=True)
@@ -73,4 +80,5 @@ class LabConfig:
     def from_json(cls, text: str) -> "LabConfig":
         data = json.loads(text)
         data["budget_points"] = tuple(data.get("budget_points", cls.budget_points))
+        data["snapshot_fractions"] = tuple(data.get("snapshot_fractions", SNAPSHOT_FRACTIONS))
         return cls(**data)

@@ -40,10 +40,32 @@ class LabData:
 
 def lab_data(cfg: LabConfig, seed: int) -> LabData:
     """The seed's training set (drawn with ``seed``) and the fixed held-out set (``cfg.test_seed``)."""
-    task, tok = AdditionTask(cfg.digits), char_tokenizer()
+    task, tok = AdditionTask(cfg.digits), lab_tokenizer(cfg)
     train_pairs, test_pairs = task.split(cfg.n_train, cfg.n_test, seed=1_000 + seed, test_seed=cfg.test_seed)
     return LabData(task, tok, task.dataset(train_pairs), encode(task, tok, test_pairs),
-                   encode(task, tok, train_pairs[:1000]))
+                   encode(task, tok, train_pairs[:cfg.probe_size]))
+
+
+def lab_tokenizer(cfg: LabConfig):
+    """The character tokenizer (``cfg.model == ""``) or the pretrained model's own."""
+    if not cfg.model:
+        return char_tokenizer()
+    from transformers import AutoTokenizer
+
+    from weakstrong.models import resolve_model_path
+
+    return AutoTokenizer.from_pretrained(resolve_model_path(cfg.model))
+
+
+def initial_model(cfg: LabConfig, tokenizer, seed: int):
+    """M0: the seeded tiny Llama from scratch, or the pretrained model (fp32, same weights for every seed)."""
+    if not cfg.model:
+        return lab_model(tokenizer, cfg.hidden_size, cfg.num_layers, cfg.num_heads, seed=seed)
+    from transformers import AutoModelForCausalLM
+
+    from weakstrong.models import resolve_model_path
+
+    return AutoModelForCausalLM.from_pretrained(resolve_model_path(cfg.model), dtype="float32")
 
 
 def sft_args(cfg: LabConfig, output_dir: str, seed: int, config_cls=None, **overrides):
@@ -95,7 +117,8 @@ def load_phase1(cfg: LabConfig, seed: int, work: str) -> dict | None:
     with open(path) as f:
         record = json.load(f)
     mine = cfg.phase1_identity()
-    theirs = {k: record["config"].get(k) for k in mine}
+    defaults = LabConfig().phase1_identity()  # fields added since the record was written have their defaults
+    theirs = {k: record["config"].get(k, defaults[k]) for k in mine}
     if theirs != mine:
         changed = {k: (theirs[k], v) for k, v in mine.items() if theirs[k] != v}
         raise ValueError(f"{path} was written with another phase-1 config {changed} (there, here); use another "
@@ -132,7 +155,7 @@ def run_phase1(cfg: LabConfig, seed: int, work: str, extra_epochs: int | None = 
     ev = EvalAtSteps(evals, data.test, data.train_probe, on_row=show)
     sn = SnapshotAtSteps(snaps, folder, data.tokenizer)
     cpu = _CpuMark(p1)
-    model = lab_model(data.tokenizer, cfg.hidden_size, cfg.num_layers, cfg.num_heads, seed=seed)
+    model = initial_model(cfg, data.tokenizer, seed)
     args = sft_args(cfg, os.path.join(folder, "trainer"), seed, num_train_epochs=cfg.phase1_epochs + extra)
     trainer = quiet(SFTTrainer(model, args=args, train_dataset=data.train, processing_class=data.tokenizer,
                                callbacks=[cpu, ev, sn]))

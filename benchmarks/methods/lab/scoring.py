@@ -49,14 +49,20 @@ STAT_KEYS = ("target_logit", "nontarget_logit_mean", "nontarget_logit_max", "mar
 
 
 @torch.no_grad()
-def score(model, data: EncodedSet, batch_size: int = 1024) -> dict:
+def score(model, data: EncodedSet, batch_size: int | None = None) -> dict:
     """Exact-match accuracy (= greedy decoding, see the module docstring) and per-token logit statistics.
 
     Returns ``accuracy``, ``n``, ``correct`` (bool array ``[N]``, per problem, for paired bootstraps),
     ``token_accuracy``, and the means over answer tokens (digits and EOS) of :data:`STAT_KEYS`: the target's logit,
     the mean and the max of the other vocabulary entries' logits, the margin target − max other, the entropy of the
-    softmax (nats) and the NLL of the target (nats).
+    softmax (nats) and the NLL of the target (nats). Only the answer positions' logits are computed
+    (``logits_to_keep``); ``batch_size`` (default: up to 1,024 problems, fewer for a large vocabulary) bounds their
+    memory.
     """
+    keep = data.input_ids.shape[1] - data.prompt_len  # the answer positions of input_ids[:, :-1]
+    if batch_size is None:
+        vocab = model.get_output_embeddings().weight.shape[0]
+        batch_size = max(8, min(1024, 2 ** 25 // (keep * vocab)))
     was_training = model.training
     model.eval()
     device = next(model.parameters()).device
@@ -66,7 +72,7 @@ def score(model, data: EncodedSet, batch_size: int = 1024) -> dict:
     try:
         for i in range(0, len(data), batch_size):
             ids = data.input_ids[i:i + batch_size].to(device)
-            logits = model(input_ids=ids[:, :-1], use_cache=False).logits[:, data.prompt_len - 1:].float()
+            logits = model(input_ids=ids[:, :-1], use_cache=False, logits_to_keep=keep).logits.float()
             tgt = ids[:, data.prompt_len:]
             right = logits.argmax(-1) == tgt
             correct.append(right.all(-1).cpu())
