@@ -222,7 +222,7 @@ def plan(rows, half_widths=(0.01, 0.005), controls=CONTROLS) -> str:
     """Seeds needed per comparison for 95% CI half-widths of ``half_widths`` (accuracy units), from the SD of the
     paired differences seen so far (a pilot: with few seeds that SD is itself very uncertain)."""
     acc = by_arm_seed(rows)
-    lines = ["| comparison | pilot seeds | SD of paired Δ (points) | "
+    lines = ["| comparison | seeds | SD of paired Δ (points) | "
              + " | ".join(f"seeds for ± {100 * h:g} point" for h in half_widths) + " |",
              "|---|---|---|" + "---|" * len(half_widths)]
     for i, ref in enumerate(controls):
@@ -342,7 +342,9 @@ def plot_logits(rows, curves, path):
     for ax, k in zip(axes, keys):
         means = [np.mean([float(r[k]) for r in g]) for _, g in groups]
         errs = [(_try(mean_ci, [float(r[k]) for r in g]).half_width if len(g) > 1 else 0) for _, g in groups]
-        ax.barh(range(len(groups)), means, xerr=errs, color=["grey"] + ["C0"] * (len(groups) - 1), capsize=2)
+        for j, (mu, e) in enumerate(zip(means, errs)):  # dots, not bars: several statistics are negative
+            ax.errorbar([mu], [j], xerr=[e], fmt="o", ms=4, capsize=2, color="grey" if j == 0 else "C0")
+        ax.axvline(means[0], color="grey", lw=0.8, ls=":")  # M1
         ax.set_yticks(range(len(groups)))
         ax.set_yticklabels([g for g, _ in groups] if ax is axes[0] else [], fontsize=7)
         ax.set_title(k, fontsize=9)
