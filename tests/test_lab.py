@@ -165,3 +165,35 @@ def test_tiny_lab_run_new_arms(tmp_path):
     assert rows["temp_only"]["nll"] != rows["sft_p3"]["nll"]
     assert rows["temp_only"]["weak"] == "zero" and rows["weak_w098"]["weak"] == 0.98
     assert all(r["train_steps"] == cfg.budget_steps for r in rows.values())
+
+
+def test_lab_on_a_pretrained_model_folder(tmp_path):
+    """``LabConfig.model``: phase 1 starts from a saved model and its own tokenizer (the SmolLM2 stage's path), the
+    snapshot at 0 is that model, and an arm whose snapshot is not kept says so."""
+    from transformers import AutoModelForCausalLM
+
+    from benchmarks.methods.lab.arms import run_arm
+    from benchmarks.methods.lab.config import LabConfig
+
+    tok = char_tokenizer()
+    lab_model(tok, seed=5).save_pretrained(tmp_path / "m0")
+    tok.save_pretrained(tmp_path / "m0")
+    cfg = LabConfig(model=str(tmp_path / "m0"), n_train=32, n_test=64, probe_size=16, batch_size=16, phase1_epochs=2,
+                    budget_epochs=1, warmup_steps=1, phase1_eval_every=1, snapshot_fractions=(0.0, 0.25, 1.0),
+                    budget_points=(1.0,))
+    work = tmp_path / "work"
+    res = run_arm(cfg, 0, "weak_w000", str(work), log=lambda *_: None)
+    assert res["row"]["train_steps"] == cfg.budget_steps and len(res["correct"]) == 64
+    m0 = dict(AutoModelForCausalLM.from_pretrained(tmp_path / "m0").named_parameters())
+    w0 = AutoModelForCausalLM.from_pretrained(work / "seed0" / "phase1" / "w000")
+    assert all(torch.equal(p, m0[n]) for n, p in w0.named_parameters())
+    with pytest.raises(ValueError, match="snapshot at 0.5 of phase 1"):
+        run_arm(cfg, 0, "weak_w050", str(work), log=lambda *_: None)
+
+
+def test_lab_refuses_a_tokenizer_that_merges_digits(tiny_llama_dir, tmp_path):
+    from benchmarks.methods.lab.config import LabConfig
+    from benchmarks.methods.lab.phase1 import lab_data
+
+    with pytest.raises(ValueError, match="each digit, '\\+' and '=' as one token"):
+        lab_data(LabConfig(model=str(tiny_llama_dir), n_train=32, n_test=200), 0)

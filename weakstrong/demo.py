@@ -29,7 +29,7 @@ def add_arguments(parser) -> None:
     parser.add_argument("--model", default="default", help="'default' (embedded SmolLM2-135M-Instruct), a path or a hub id")
     parser.add_argument("--task", default=DEFAULT_TASK, choices=["meeting_rooms", "arithmetic"])
     parser.add_argument("--train-size", type=int, default=64, help="training problems")
-    parser.add_argument("--test-size", type=int, default=32, help="held-out test problems")
+    parser.add_argument("--test-size", type=int, default=64, help="held-out test problems")
     parser.add_argument("--sft-steps", type=int, default=None,
                         help="optimizer steps of phase 1 (default: one epoch of the training set)")
     parser.add_argument("--wmss-steps", type=int, default=None,

@@ -41,7 +41,10 @@ def encode(task, tokenizer, pairs) -> EncodedSet:
     ids = tokenizer(texts, add_special_tokens=False)["input_ids"]
     lengths = {len(x) for x in ids}
     if lengths != {task.prompt_len + task.answer_len + 1}:
-        raise ValueError(f"expected every problem to have {task.prompt_len + task.answer_len + 1} tokens, got {lengths}")
+        raise ValueError(f"expected every problem to have {task.prompt_len + task.answer_len + 1} tokens, got {lengths}: "
+                         "the tokenizer must write each digit, '+' and '=' as one token (the scorer needs one fixed "
+                         "answer length). Use a model whose tokenizer splits digits (SmolLM2, Llama 3, Qwen) or the "
+                         "lab's character tokenizer (model = \"\")")
     return EncodedSet(torch.tensor(ids, dtype=torch.long), task.prompt_len)
 
 
