@@ -73,3 +73,14 @@ def test_demo_quiets_deepspeeds_cpu_warning():
     pytest.importorskip("deepspeed")
     assert "Setting accelerator to CPU" in _import_deepspeed(False)  # the warning this guards against exists
     assert "Setting accelerator to CPU" not in _import_deepspeed(True)
+
+
+def test_default_threads_follow_the_cores_free_now(monkeypatch):
+    import weakstrong.demo as demo
+
+    busy = demo._busy_cores(0.05)
+    assert busy is None or 0.0 <= busy <= (os.cpu_count() or 1) + 1e-6
+    monkeypatch.setattr(demo.os, "cpu_count", lambda: 2)
+    for busy_now, threads in ((0.0, 2), (0.4, 2), (0.6, 1), (1.9, 1)):
+        monkeypatch.setattr(demo, "_busy_cores", lambda interval=0.5, b=busy_now: b)
+        assert demo._default_threads() == threads, busy_now

@@ -44,17 +44,42 @@ def add_arguments(parser) -> None:
     parser.add_argument("--lora", action="store_true", help="LoRA mode (r=16): no second copy of the base weights")
     parser.add_argument("--max-new-tokens", type=int, default=None, help="generation budget (default: per task)")
     parser.add_argument("--threads", type=int, default=None,
-                        help="torch CPU threads (default: 2 on an idle machine, 1 when the load average says the cores "
-                             "are shared: OpenMP threads competing with other processes are many times slower)")
+                        help="torch CPU threads (default: 2 when 2 cores are free as the demo starts, else 1: OpenMP "
+                             "threads competing with other processes are many times slower)")
     parser.add_argument("--eval-m0", action="store_true", help="also evaluate the untrained model M0 (slower)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--output-dir", default="wmss-demo", help="where the plot, logs and final strong model go")
 
 
+def _busy_cores(interval: float = 0.5) -> float | None:
+    """Cores busy with other work right now: the non-idle share of ``/proc/stat``'s CPU time over ``interval``
+    seconds, times the core count (None where /proc/stat does not exist). Unlike the load average, which remembers
+    the last minute, this sees the machine as it is when the demo starts."""
+    def sample():
+        with open("/proc/stat") as f:
+            vals = [int(x) for x in f.readline().split()[1:]]
+        return sum(vals), vals[3] + (vals[4] if len(vals) > 4 else 0)  # total, idle + iowait
+
+    try:
+        t0, i0 = sample()
+        time.sleep(interval)
+        t1, i1 = sample()
+    except (OSError, ValueError, IndexError):
+        return None
+    if t1 <= t0:
+        return None
+    return (1.0 - (i1 - i0) / (t1 - t0)) * (os.cpu_count() or 1)
+
+
 def _default_threads() -> int:
+    """2 threads where 2 cores are free, else 1 (OpenMP threads competing with other processes are many times
+    slower than one thread)."""
     cores = os.cpu_count() or 1
-    busy = os.getloadavg()[0] if hasattr(os, "getloadavg") else 0.0
-    return 1 if busy > 0.5 else max(1, min(2, cores))
+    busy = _busy_cores()
+    if busy is None:
+        busy = os.getloadavg()[0] if hasattr(os, "getloadavg") else 0.0
+    free = cores - busy
+    return 2 if cores >= 2 and free >= 1.5 else 1
 
 
 class _RichProgress:
