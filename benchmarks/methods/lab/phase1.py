@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from transformers import TrainerCallback
 
 from .callbacks import EvalAtSteps, SnapshotAtSteps
-from .config import SNAPSHOT_FRACTIONS, LabConfig
+from .config import LabConfig
 from .model import lab_model
 from .scoring import encode, pack
 from .task import AdditionTask, char_tokenizer
