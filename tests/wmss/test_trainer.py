@@ -27,9 +27,9 @@ class Count(TrainerCallback):
         self.end += 1
 
 
-def models():
-    strong, tok = tiny_model("llama", seed=0)
-    weak, _ = tiny_model("llama", seed=1)
+def models(dtype=torch.float32):
+    strong, tok = tiny_model("llama", seed=0, dtype=dtype)
+    weak, _ = tiny_model("llama", seed=1, dtype=dtype)
     return strong, weak, tok
 
 
@@ -60,8 +60,8 @@ class Crash(TrainerCallback):
             raise KeyboardInterrupt("simulated crash")
 
 
-def run(make_args, data, out, callbacks=(), resume=None, **kw):
-    strong, weak, tok = models()
+def run(make_args, data, out, callbacks=(), resume=None, dtype=torch.float32, **kw):
+    strong, weak, tok = models(dtype)
     args = make_args(output_dir=str(out), per_device_train_batch_size=2, save_strategy="steps", save_steps=2,
                      dedup=False, learning_rate=3e-3, **kw)
     trainer = WMSSTrainer(strong, weak, args=args, train_dataset=data, processing_class=tok, callbacks=list(callbacks))
@@ -70,10 +70,13 @@ def run(make_args, data, out, callbacks=(), resume=None, **kw):
 
 
 def test_resume_is_the_uninterrupted_run(make_args, rooms_chat, tmp_path, monkeypatch):
+    """In float64: the resumed run repeats the uninterrupted run's operations, so any difference is rounding;
+    Adam turns a gradient perturbation δg into at most ~lr * δg / eps a step (3e-3 * 1e-15 / 1e-8 in float64, over
+    12 steps: < 1e-9), whatever the CPU's summation order. In float32 the same bound would be ~1e-2."""
     data = rooms_chat.select(range(8))  # 8 draws with repeats, batch 2, SFTConfig's 3 epochs: 12 steps
-    full = run(make_args, data, tmp_path / "a")
+    full = run(make_args, data, tmp_path / "a", dtype=torch.float64)
     with pytest.raises(KeyboardInterrupt):
-        run(make_args, data, tmp_path / "b", callbacks=[Crash()])
+        run(make_args, data, tmp_path / "b", callbacks=[Crash()], dtype=torch.float64)
     assert get_last_checkpoint(str(tmp_path / "b")) == str(tmp_path / "b" / "checkpoint-2")
 
     def no_selection(self):
@@ -81,12 +84,13 @@ def test_resume_is_the_uninterrupted_run(make_args, rooms_chat, tmp_path, monkey
 
     monkeypatch.setattr(WMSSTrainer, "select", no_selection)
     count = Count()
-    resumed = run(make_args, data, tmp_path / "b", callbacks=[count], resume=True)
+    resumed = run(make_args, data, tmp_path / "b", callbacks=[count], resume=True, dtype=torch.float64)
     assert resumed.state.global_step == full.state.global_step == 12 and count.begin == 1
     assert resumed.selection["indices"] == full.selection["indices"]
     for a, b in ((full.model.strong, resumed.model.strong), (full.model.weak, resumed.model.weak)):
         for (name, p), q in zip(a.named_parameters(), b.parameters()):
-            torch.testing.assert_close(p, q, rtol=1e-5, atol=1e-6, msg=name)
+            assert p.dtype == torch.float64, name
+            torch.testing.assert_close(p, q, rtol=0, atol=1e-9, msg=name)
     for key in ("loss", "num_tokens"):
         a, b = ([h[key] for h in t.state.log_history if "loss" in h] for t in (full, resumed))
         np.testing.assert_allclose(a, b, rtol=1e-5, err_msg=key)

@@ -99,7 +99,7 @@ def run(script, config, model_args) -> dict:
 
     model_path = resolve_model_path(model_args.model_name_or_path or "default")
     init = dict(config.model_init_kwargs or {})
-    if model_args.dtype and model_args.dtype != "auto":
+    if model_args.dtype:  # "auto" too: TRL would otherwise load a string model in float32
         init["dtype"] = model_args.dtype
     if model_args.attn_implementation:
         init["attn_implementation"] = model_args.attn_implementation
