@@ -23,6 +23,7 @@ import os
 from dataclasses import dataclass, field
 from typing import Callable
 
+from .._trl_defaults import peft_wrapping
 from .config import IDENTITY_FIELDS, config_from
 
 JOURNAL = "wmss_run.json"
@@ -172,7 +173,8 @@ def run_wmss(model, train_dataset, args, *, rounds: int = 1, sft: bool = True, s
                 cfg = config_from(SFTConfig, sft_args, output_dir=sft_dir)
             else:
                 cfg = config_from(SFTConfig, args, output_dir=sft_dir, **dict(sft_args or {}))
-            trainer = SFTTrainer(m0_dir, args=cfg, train_dataset=train_dataset, peft_config=peft_config, **common)
+            with peft_wrapping():
+                trainer = SFTTrainer(m0_dir, args=cfg, train_dataset=train_dataset, peft_config=peft_config, **common)
             if on_stage_begin is not None:
                 on_stage_begin("sft", trainer)
             trainer.train(resume_from_checkpoint=resume_point(sft_dir))
@@ -223,4 +225,5 @@ def _load_adapter_model(base_dir: str, adapter_dir: str, args):
         kwargs["device_map"] = None
     kwargs.setdefault("trust_remote_code", args.trust_remote_code)
     base = create_model_from_path(base_dir, **kwargs)
-    return PeftModel.from_pretrained(base, adapter_dir, is_trainable=True)
+    with peft_wrapping():
+        return PeftModel.from_pretrained(base, adapter_dir, is_trainable=True)
