@@ -67,6 +67,45 @@ def test_interrupted_conversion_leaves_no_cache_that_is_later_trusted(tmp_path, 
     assert list(tmp_path.iterdir()) == []
 
 
+def test_a_killed_conversion_leaves_no_temp_folder_behind(tmp_path, monkeypatch):
+    """Issue 20, item 6: a conversion killed before its ``finally`` (kill -9, out of memory) left its temporary
+    folder in the cache for good. The next call removes it; a live conversion's folder is kept."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    env = {**os.environ, "WEAKSTRONG_CACHE": str(tmp_path), "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
+    child = subprocess.Popen([sys.executable, "-c", "from weakstrong.models import default_model_path; "
+                              "default_model_path()"], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.time() + 120
+        while not list(tmp_path.glob(".*")) and time.time() < deadline and child.poll() is None:
+            time.sleep(0.1)
+    finally:
+        child.send_signal(signal.SIGKILL)
+        child.wait()
+    abandoned = list(tmp_path.glob(".*"))
+    assert len(abandoned) == 1, "the child did not start converting"
+    target = tmp_path / f"{models.DEFAULT_MODEL_NAME}-v{models._CACHE_FORMAT}"
+    live = tmp_path / (models._conversion_prefix(target) + "abc")  # this process: alive, converting
+    live.mkdir()
+    older = tmp_path / f".{target.name}.xyz"  # an older version's name (no pid), untouched for two hours
+    older.mkdir()
+    os.utime(older, (time.time() - 7200,) * 2)
+    monkeypatch.setenv("WEAKSTRONG_CACHE", str(tmp_path))
+    import transformers
+
+    def crash(*args, **kwargs):
+        raise RuntimeError("simulated crash while converting")
+
+    monkeypatch.setattr(transformers.AutoModelForCausalLM, "from_pretrained", crash)
+    with pytest.raises(RuntimeError, match="simulated crash"):
+        models.default_model_path()
+    assert [p.name for p in tmp_path.iterdir()] == [live.name]
+
+
 def test_cache_validity_requires_the_completion_marker(tmp_path):
     fingerprint = {"format": 1, "source": "x.gguf", "size": 3}
     (tmp_path / "model.safetensors").write_bytes(b"half")

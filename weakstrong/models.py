@@ -16,8 +16,11 @@ import importlib.util
 import json
 import logging
 import os
+import re
 import shutil
+import socket
 import tempfile
+import time
 from pathlib import Path
 
 import torch
@@ -80,16 +83,50 @@ def _cache_is_valid(path: Path, fingerprint: dict) -> bool:
         return False
 
 
+def _conversion_prefix(target: Path) -> str:
+    return f".{target.name}.tmp-{socket.gethostname()}-{os.getpid()}-"
+
+
+def _remove_abandoned_conversions(target: Path) -> None:
+    """Remove the temporary folders of conversions whose process is gone (killed, or out of memory: its
+    ``finally`` never ran), so none is left in the cache. A folder of a live process on this host is kept (it is
+    converting now); one from another host sharing the cache, or from an older version (no pid in its name), is
+    removed only when it has not been touched for an hour (a conversion takes about a minute)."""
+    host = socket.gethostname()
+    for path in target.parent.glob(f".{target.name}.*"):
+        if not path.is_dir():
+            continue
+        match = re.fullmatch(rf"\.{re.escape(target.name)}\.tmp-(.+)-(\d+)-[^-]+", path.name)
+        if match and match.group(1) == host:
+            try:
+                os.kill(int(match.group(2)), 0)
+                continue  # alive: converting now
+            except ProcessLookupError:
+                pass
+            except PermissionError:
+                continue  # alive, another user's
+        else:
+            try:
+                if time.time() - path.stat().st_mtime < 3600:
+                    continue
+            except OSError:
+                continue
+        shutil.rmtree(path, ignore_errors=True)
+
+
 def default_model_path() -> Path:
     """Directory holding the embedded model as safetensors + tokenizer, converting it on first use.
 
     The conversion is written to a temporary directory beside the cache and renamed into place only once
     complete (with a marker file recording the source), so an interrupted conversion is never trusted. Two
-    processes converting at once both succeed: the second rename loses and its copy is discarded.
+    processes converting at once both succeed: the second rename loses and its copy is discarded. The temporary
+    folder of a conversion that was killed is removed by the next call.
     """
     gguf = default_model_gguf()
     fingerprint = _source_fingerprint(gguf)
     target = cache_dir() / f"{DEFAULT_MODEL_NAME}-v{_CACHE_FORMAT}"
+    if target.parent.is_dir():
+        _remove_abandoned_conversions(target)
     if _cache_is_valid(target, fingerprint):
         return target
     if target.exists():
@@ -99,7 +136,7 @@ def default_model_path() -> Path:
     logger.warning("Converting the embedded %s from GGUF (one time, ~1 min) into %s", DEFAULT_MODEL_NAME, target)
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
+    tmp = Path(tempfile.mkdtemp(prefix=_conversion_prefix(target), dir=target.parent))
     try:
         tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
         quantized = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)

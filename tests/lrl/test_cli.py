@@ -89,3 +89,34 @@ def test_one_way_to_name_an_endpoint(tmp_path, capsys):
                            "replaced by one setting: --teacher URL::MODEL \\(here: --teacher http://127.0.0.1:9/v1::m\\)")):
         assert cli_main(["lrl", *argv, "--output_dir", str(tmp_path / "out")]) == 2
         assert re.search(message, capsys.readouterr().err)
+
+
+def test_student_run_shows_no_warning_about_settings_nobody_gave(tiny_llama_dir, tmp_path):
+    """Issue 20, item 6: every `lrl` / `wmss` run printed torch's "'pin_memory' argument is set as true but no
+    accelerator is found" and transformers' "FutureWarning: `gradient_checkpointing` is deprecated" although the
+    user had set neither (TrainingArguments pins by default; TRL declares its checkpointing default under the
+    deprecated name). Our configs now resolve both for the machine; a deprecated name the user gives still warns."""
+    import os
+    import subprocess
+    import sys
+    import warnings
+
+    from weakstrong.lrl import LinguisticRLConfig
+
+    curriculum = tmp_path / "curriculum.jsonl"
+    curriculum.write_text("".join(json.dumps({"prompt": f"Is {i} even?", "completion": f" {'YES' if i % 2 == 0 else 'NO'}"})
+                                  + "\n" for i in range(4)))
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "DS_ACCELERATOR": "cpu", "OMP_NUM_THREADS": "1"}
+    env.pop("PYTHONWARNINGS", None)
+    proc = subprocess.run([sys.executable, "-m", "weakstrong.cli", "lrl-student", "--model_name_or_path",
+                           str(tiny_llama_dir), "--curriculum", str(curriculum), "--max_steps", "1",
+                           "--per_device_train_batch_size", "2", "--save_strategy", "no", "--report_to", "none",
+                           "--output_dir", str(tmp_path / "out")], env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "pin_memory" not in proc.stderr and "FutureWarning" not in proc.stderr, proc.stderr[-3000:]
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        config = LinguisticRLConfig(output_dir=str(tmp_path / "x"))
+    assert config.activation_checkpointing is True  # TRL's default, under its current name
+    with pytest.warns(FutureWarning, match="gradient_checkpointing"):
+        assert LinguisticRLConfig(output_dir=str(tmp_path / "x"), gradient_checkpointing=False).activation_checkpointing is False

@@ -88,7 +88,7 @@ def test_resume_equals_uninterrupted(make_args, rooms_chat, tmp_path):
     for k in a:
         torch.testing.assert_close(a[k], b[k], rtol=0, atol=1e-9, msg=k)
     assert resumed.selections[1]["indices"] == full.selections[1]["indices"]
-    with pytest.raises(ValueError, match="identity changed.*mix_lambda"):
+    with pytest.raises(ValueError, match="other settings.*mix_lambda: saved 0.5, now 0.3"):
         go(tmp_path / "b", resume=True, mix_lambda=0.3)
 
 

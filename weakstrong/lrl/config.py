@@ -6,13 +6,9 @@ from dataclasses import dataclass, field
 
 from trl import SFTConfig
 
+from .. import _trl_defaults
+
 CURRICULUM_COMPLETIONS = ("rationale", "answer")
-
-
-def _bf16_supported() -> bool:
-    import torch
-
-    return bool(torch.cuda.is_available() and torch.cuda.is_bf16_supported())
 
 
 @dataclass
@@ -22,9 +18,10 @@ class LinguisticRLConfig(SFTConfig):
 
     Every [`~trl.SFTConfig`] field keeps its meaning and configures the student's fine-tuning (stage 3). Three
     defaults differ: `learning_rate=2e-4` (LoRA, as in the original), `completion_only_loss=True` (the prompt and
-    its strategy are masked; set `False` only to reproduce the original's whole-sequence loss) and `bf16` left
-    unset means bf16 only where the accelerator supports it. Teacher-loop metrics are accuracies (fractions);
-    the student's `entropy` is in nats. Everything is written under `output_dir`: `teacher/` (journal,
+    its strategy are masked; set `False` only to reproduce the original's whole-sequence loss) and, left unset,
+    `bf16`, `dataloader_pin_memory` and `activation_checkpointing` take what this machine needs (bf16 and pinned
+    memory only where the accelerator supports them; checkpointing on, TRL's default). Teacher-loop metrics are
+    accuracies (fractions); the student's `entropy` is in nats. Everything is written under `output_dir`: `teacher/` (journal,
     strategies, per-problem results), `curriculum/`, `student/` (the adapter), `report.md` and `report.json`.
 
     Parameters:
@@ -105,6 +102,11 @@ class LinguisticRLConfig(SFTConfig):
                           "whole-sequence loss."},
     )
 
+    # unset = what this machine needs (see weakstrong/_trl_defaults.py)
+    dataloader_pin_memory: bool | None = _trl_defaults.pin_memory_field()
+    activation_checkpointing: bool | None = _trl_defaults.activation_checkpointing_field()
+    gradient_checkpointing: bool | None = _trl_defaults.gradient_checkpointing_field()
+
     # stage 1: teacher loop
     batch_size: int = field(default=10, metadata={"help": "Teacher problems per batch (one journal entry each)."})
     distill_every: int = field(default=5, metadata={"help": "Distil the journal into a new strategy every N batches."})
@@ -155,8 +157,7 @@ class LinguisticRLConfig(SFTConfig):
     evaluate_teacher: bool = field(default=True, metadata={"help": "Evaluate the teacher with/without the strategy."})
 
     def __post_init__(self):
-        if self.bf16 is None and not self.fp16 and not _bf16_supported():
-            self.bf16 = False
+        _trl_defaults.resolve(self)  # bf16, pin_memory, activation checkpointing: what this machine needs
         super().__post_init__()
         positive = {"batch_size": self.batch_size, "distill_every": self.distill_every,
                     "train_problems": self.train_problems, "test_problems": self.test_problems,

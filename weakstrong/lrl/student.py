@@ -6,6 +6,8 @@ import logging
 
 from trl import SFTConfig, SFTTrainer
 
+from .._trl_defaults import peft_wrapping
+
 logger = logging.getLogger(__name__)
 
 
@@ -59,5 +61,6 @@ class LinguisticRLStudentTrainer(SFTTrainer):
             if not ("prompt" in first and "completion" in first) and "messages" not in first:
                 raise ValueError("the student's train_dataset needs prompt/completion columns (build it with "
                                  "weakstrong.lrl.build_curriculum) or a messages column")
-        super().__init__(model=model, args=args, train_dataset=train_dataset, processing_class=processing_class,
-                         peft_config=peft_config, **kwargs)
+        with peft_wrapping():
+            super().__init__(model=model, args=args, train_dataset=train_dataset, processing_class=processing_class,
+                             peft_config=peft_config, **kwargs)

@@ -8,16 +8,12 @@ from dataclasses import dataclass, field
 
 from trl import SFTConfig
 
+from .. import _trl_defaults
+
 WEIGHT_FORMULAS = ("paper", "official")
 #: WMSSConfig fields that define what a round draws and trains: a resume with other values refuses
 IDENTITY_FIELDS = ("mix_lambda", "alpha", "beta", "gamma", "weight_formula", "dedup", "selection", "selection_seed",
                    "freeze_weak")
-
-
-def _bf16_supported() -> bool:
-    import torch
-
-    return bool(torch.cuda.is_available() and torch.cuda.is_bf16_supported())
 
 
 def config_from(cls, other, **overrides):
@@ -53,8 +49,9 @@ class WMSSConfig(SFTConfig):
 
     Every [`~trl.SFTConfig`] field keeps its meaning for this run: `num_train_epochs` / `max_steps` count phase-3
     optimizer steps over the selected set, `learning_rate` is phase 3's, checkpoints are `output_dir/checkpoint-N`.
-    One difference with TRL: `bf16` left unset means bf16 only where the accelerator supports it (TRL turns it on and
-    then fails on a CPU). The whole method (M0 → SFT → K rounds) is [`run_wmss`].
+    Differences with TRL, for settings left unset: `bf16` means bf16 only where the accelerator supports it (TRL turns
+    it on and then fails on a CPU), `dataloader_pin_memory` pins only where an accelerator exists, and
+    `activation_checkpointing` is TRL's default (on) without the deprecated `gradient_checkpointing` name. The whole method (M0 → SFT → K rounds) is [`run_wmss`].
 
     Parameters:
         mix_lambda (`float`, *optional*, defaults to `0.5`):
@@ -98,6 +95,11 @@ class WMSSConfig(SFTConfig):
 
     _VALID_DICT_FIELDS = SFTConfig._VALID_DICT_FIELDS + ["weak_model_init_kwargs"]
 
+    # unset = what this machine needs (see weakstrong/_trl_defaults.py)
+    dataloader_pin_memory: bool | None = _trl_defaults.pin_memory_field()
+    activation_checkpointing: bool | None = _trl_defaults.activation_checkpointing_field()
+    gradient_checkpointing: bool | None = _trl_defaults.gradient_checkpointing_field()
+
     mix_lambda: float = field(
         default=0.5,
         metadata={"help": "Weight λ of the strong logits in λ·z_strong + (1-λ)·z_weak, in (0, 1]."},
@@ -130,8 +132,7 @@ class WMSSConfig(SFTConfig):
     save_entropy_plots: bool = field(default=True, metadata={"help": "Write the entropy PNG of the selection."})
 
     def __post_init__(self):
-        if self.bf16 is None and not self.fp16 and not _bf16_supported():
-            self.bf16 = False
+        _trl_defaults.resolve(self)  # bf16, pin_memory, activation checkpointing: what this machine needs
         super().__post_init__()
         if not 0.0 < float(self.mix_lambda) <= 1.0:
             raise ValueError(

@@ -33,6 +33,7 @@ from transformers import TrainerCallback, TrainingArguments
 from transformers.trainer_utils import get_last_checkpoint
 from trl import SFTTrainer
 
+from .._trl_defaults import peft_wrapping
 from ..distributed import gather_in_order, shard_indices
 from .config import IDENTITY_FIELDS, WMSSConfig
 from .joint import STRONG_ADAPTER, WEAK_ADAPTER, JointModel
@@ -159,12 +160,13 @@ class WMSSTrainer(SFTTrainer):
         self._adapters = strong_is_peft and (weak_model is None or _is_adapter_dir(weak_model))
         self._pending_selection_log = None
         self.selection: dict | None = None
-        super().__init__(model=model, args=args, data_collator=data_collator, train_dataset=train_dataset,
-                         eval_dataset=eval_dataset, processing_class=processing_class,
-                         compute_metrics=compute_metrics, callbacks=callbacks, optimizers=optimizers,
-                         optimizer_cls_and_kwargs=optimizer_cls_and_kwargs,
-                         preprocess_logits_for_metrics=preprocess_logits_for_metrics, peft_config=peft_config,
-                         formatting_func=formatting_func)
+        with peft_wrapping():
+            super().__init__(model=model, args=args, data_collator=data_collator, train_dataset=train_dataset,
+                             eval_dataset=eval_dataset, processing_class=processing_class,
+                             compute_metrics=compute_metrics, callbacks=callbacks, optimizers=optimizers,
+                             optimizer_cls_and_kwargs=optimizer_cls_and_kwargs,
+                             preprocess_logits_for_metrics=preprocess_logits_for_metrics, peft_config=peft_config,
+                             formatting_func=formatting_func)
         strong = self.model
         if self._adapters:
             self._add_weak_adapter(strong, weak_model)
