@@ -2,11 +2,8 @@
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import re
-import socket
-import threading
 import time
 
 import pytest
@@ -336,48 +333,19 @@ def test_setting_names_replace_python_names_in_errors(openai_server, tmp_path, m
         client.generate([CONV])
 
 
-@contextlib.contextmanager
-def silent_server():
-    """A real TCP server on 127.0.0.1 that accepts every connection, reads nothing and never answers (a hung
-    server, or a port that is not an HTTP server). Bounded: its sockets close when the block ends."""
-    listener = socket.socket()
-    listener.bind(("127.0.0.1", 0))
-    listener.listen(16)
-    listener.settimeout(0.1)
-    held, stop = [], threading.Event()
-
-    def accept():
-        while not stop.is_set():
-            try:
-                held.append(listener.accept()[0])
-            except OSError:  # timeout (poll stop) or closed
-                continue
-
-    thread = threading.Thread(target=accept, daemon=True)
-    thread.start()
-    try:
-        yield f"http://127.0.0.1:{listener.getsockname()[1]}/v1", held
-    finally:
-        stop.set()
-        thread.join(timeout=5)
-        for conn in held:
-            conn.close()
-        listener.close()
-
-
 def test_a_server_that_never_answers_is_reported_while_waiting_and_fails_at_the_first_reply_deadline(
-        tmp_path, caplog):
-    with silent_server() as (url, held):
-        client = OpenAICompatibleChat(url, "m", cache_dir=None, read_timeout=1.5, deadline=600.0,
-                                      first_reply_deadline=2.5, wait_report_every=0.5, max_retries=20,
-                                      backoff_base=0.01, setting_names={"first_reply_deadline": "--teacher_first_reply_deadline"})
-        start = time.monotonic()
-        with caplog.at_level(logging.WARNING, logger="weakstrong.backends.openai_compat"):
-            with pytest.raises(EndpointUnavailableError) as err:
-                client.generate([CONV])
-        took = time.monotonic() - start
-        assert len(held) >= 2  # it did connect, more than once
-    assert 2.4 <= took < 4.5, took  # the 2.5 s first-reply deadline, not the 600 s one
+        silent_server, caplog):
+    url, held = silent_server
+    client = OpenAICompatibleChat(url, "m", cache_dir=None, read_timeout=1.5, deadline=600.0,
+                                  first_reply_deadline=2.5, wait_report_every=0.5, max_retries=20, backoff_base=0.01,
+                                  setting_names={"first_reply_deadline": "--teacher_first_reply_deadline"})
+    start = time.monotonic()
+    with caplog.at_level(logging.WARNING, logger="weakstrong.backends.openai_compat"):
+        with pytest.raises(EndpointUnavailableError) as err:
+            client.generate([CONV])
+    took = time.monotonic() - start
+    assert len(held) >= 2  # it did connect, more than once
+    assert 2.4 <= took < 60, took  # the 2.5 s first-reply deadline, not the 600 s one (bound loose for busy CI)
     msg = str(err.value)
     assert "never answered: nothing has come back from it since this run started" in msg
     assert "read timeout: no reply within" in msg and "--teacher_first_reply_deadline (now 2.5 s" in msg

@@ -88,7 +88,7 @@ def _no_text_message(url: str, model: str, choice, content) -> str:
     shown = json.dumps(message, ensure_ascii=False)
     shown = shown if len(shown) <= 300 else shown[:300] + "..."
     hint = "check the model and the request (a null content usually means a tool call or a refusal)"
-    if isinstance(message, dict) and message.get("tool_calls"):
+    if reason == "tool_calls" or (isinstance(message, dict) and message.get("tool_calls")):
         hint = "the model answered with a tool call: serve it without tool-calling enabled, or use another model"
     elif isinstance(message, dict) and (message.get("reasoning_content") or message.get("reasoning")):
         hint = ("a reasoning model spent the reply on its reasoning" + (" and hit the token budget: raise the "
