@@ -165,3 +165,23 @@ def test_running_a_shipped_recipe_never_writes_into_the_repository(tmp_path):
     assert _tree_digest(clone / "recipes" / "agentsim") == copied  # nothing in the recipe's folder changed
     assert (clone / "runs" / "agentsim-small" / "report" / "results.md").is_file()
     assert _tree_digest(RECIPES) == before
+
+
+def test_train_recipe_refuses_misspelled_keys_in_the_yaml_and_on_the_command_line(tmp_path, capsys):
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("agentsim_train_recipe_keys", RECIPES / "train.py")
+    train = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(train)
+    (tmp_path / "r.yaml").write_text(yaml.safe_dump({"run_dir": str(tmp_path / "run"), "num_train_epoch": 1}))
+    with pytest.raises(SystemExit) as exit_:
+        train.main(["--config", str(tmp_path / "r.yaml")])
+    assert exit_.value.code == 2
+    assert "unknown key 'num_train_epoch' (did you mean 'num_train_epochs'?)" in capsys.readouterr().err
+    (tmp_path / "r.yaml").write_text(yaml.safe_dump({"run_dir": str(tmp_path / "run")}))
+    with pytest.raises(SystemExit) as exit_:
+        train.main(["--config", str(tmp_path / "r.yaml"), "--lerning_rate", "1e-4", "--use_cpu", "true"])
+    assert exit_.value.code == 2
+    err = capsys.readouterr().err
+    assert "training settings: unknown key 'lerning_rate' (did you mean 'learning_rate'?)" in err, err
+    assert not (tmp_path / "run").exists()
