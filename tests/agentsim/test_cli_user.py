@@ -79,6 +79,20 @@ def test_misspelled_keys_in_nested_sections_in_process(tmp_path):
         load_recipe(RECIPES / name)
 
 
+
+def test_env_section_sets_variables_for_every_step(tmp_path, monkeypatch):
+    from weakstrong.agentsim import ConfigError
+    from weakstrong.agentsim.recipe import load_recipe
+
+    monkeypatch.delenv("WEAKSTRONG_TEST_ENV_KEY", raising=False)
+    (tmp_path / "r.yaml").write_text(yaml.safe_dump({"run_dir": "run", "env": {"WEAKSTRONG_TEST_ENV_KEY": 7}}))
+    load_recipe(tmp_path / "r.yaml")
+    assert os.environ["WEAKSTRONG_TEST_ENV_KEY"] == "7"  # as TrlParser does for train.py: not skipped
+    (tmp_path / "r.yaml").write_text(yaml.safe_dump({"run_dir": "run", "env": ["A=1"]}))
+    with pytest.raises(ConfigError, match="'env' must be a mapping"):
+        load_recipe(tmp_path / "r.yaml")
+
+
 def _ticks(stdout: str) -> list[str]:
     return [line.split(":")[0].strip() for line in stdout.splitlines() if line.startswith("  tick ")]
 

@@ -8,6 +8,7 @@ One file drives a whole run::
     backend: {type: transformers, model: default, batch_size: 16}
     export: {split: time, ...}             # ExportConfig fields
     evaluate: {n_agents: 10, judge: {type: transformers, model: default}, judge_mode: probs, ...}
+    env: {HF_HOME: /data/hf}               # optional: environment variables, set for every step
     # flat TRL keys (SFTConfig + ModelConfig) for train.py, read by TrlParser:
     model_name_or_path: default
     num_train_epochs: 3
@@ -22,6 +23,7 @@ next-token probabilities of 1-5; for small judges): see :func:`weakstrong.agents
 from __future__ import annotations
 
 import dataclasses
+import os
 from pathlib import Path
 
 import yaml
@@ -29,7 +31,7 @@ import yaml
 from ..config_keys import check_keys
 from .config import ConfigError
 
-SECTIONS = ("run_dir", "store", "simulation", "backend", "export", "evaluate")
+SECTIONS = ("run_dir", "store", "simulation", "backend", "export", "evaluate", "env")
 EVALUATE_KEYS = {"n_agents", "per_category", "judge", "judge_mode", "memory_variant", "temperature", "max_new_tokens",
                  "judge_temperature", "judge_retries", "judge_max_new_tokens", "n_boot", "seed", "batch_size",
                  "tuned_model", "report_dir"}
@@ -89,6 +91,7 @@ def check_backend_spec(spec, where: str) -> None:
 def load_recipe(path) -> dict:
     """The YAML file as a dict, with ``run_dir`` resolved relative to the current directory.
 
+    ``env`` (a mapping) sets environment variables, for every step (train.py's TrlParser does the same).
     Every key is checked at every level (top level, ``simulation`` and its ``feed_weights``, ``backend``,
     ``export``, ``evaluate`` and its ``judge``): a key that is not understood is refused with the closest valid
     key, never skipped."""
@@ -104,7 +107,7 @@ def load_recipe(path) -> dict:
     data["run_dir"] = str(Path(data["run_dir"]).expanduser())
     if "store" in data and not isinstance(data["store"], str):
         raise ConfigError(f"{path}: 'store' must be an SQLite path or a postgresql:// URL, got {data['store']!r}")
-    for key in ("simulation", "backend", "export", "evaluate"):
+    for key in ("simulation", "backend", "export", "evaluate", "env"):
         if key in data and not isinstance(data[key], dict):
             raise ConfigError(f"{path}: '{key}' must be a mapping, got {type(data[key]).__name__}")
     from .config import SimulationConfig
@@ -121,6 +124,8 @@ def load_recipe(path) -> dict:
     check_keys(data.get("evaluate", {}), EVALUATE_KEYS, f"{path}: evaluate", error=ConfigError)
     if data.get("evaluate", {}).get("judge"):
         check_backend_spec(data["evaluate"]["judge"], f"{path}: evaluate.judge")
+    # env: environment variables, as TrlParser sets them for train.py; set here for every other step too
+    os.environ.update({str(k): str(v) for k, v in (data.get("env") or {}).items()})
     return data
 
 
