@@ -46,7 +46,7 @@ COMMANDS = {
     "lrl": ("weakstrong.lrl.cli", "Linguistic RL: teacher journal → strategy curriculum → student SFT → evaluation"),
     "lrl-student": ("weakstrong.lrl.student_cli", "Linguistic RL stage 3 only: the student's SFT on a curriculum on disk"),
     "info": ("weakstrong.info", "versions, device, cache location and whether the embedded models are installed"),
-    "agentsim": ("weakstrong.agentsim.cli", "agent simulation recipe steps: simulate, export, evaluate, telemetry"),
+    "agentsim": ("weakstrong.agentsim.cli", "agent simulation recipe steps: simulate, export, evaluate, telemetry, report"),
 }
 
 
@@ -80,5 +80,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
 
 
-if __name__ == "__main__":
-    sys.exit(main())
+if __name__ == "__main__":  # python -m weakstrong.cli: run the imported module, whose UserError the library raises
+    from weakstrong.cli import main as _main
+
+    sys.exit(_main())

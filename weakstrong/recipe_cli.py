@@ -63,9 +63,11 @@ def parse_recipe(parser, argv=None):
     except (ValueError, TypeError) as err:
         unknown = re.match(r"Unknown arguments from config file: (\[.*?\])", str(err))
         if unknown:
+            from .config_keys import unknown_keys_message
+
             names = [a.lstrip("-") for a in ast.literal_eval(unknown.group(1)) if a.startswith("--")]
-            raise UserError(f"{source}: unknown settings {names}; remove them or fix their spelling (--help lists "
-                            "the valid ones)") from err
+            valid = {a.dest for a in parser._actions if a.dest not in (None, "help", argparse.SUPPRESS)}
+            raise UserError(unknown_keys_message(names, valid, source, "the fields --help lists")) from err
         raise UserError(f"{source}: {err}") from err
 
 

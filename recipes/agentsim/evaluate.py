@@ -1,7 +1,7 @@
 """Personality evaluation, base vs fine-tuned:  python recipes/agentsim/evaluate.py --config recipes/agentsim/small.yaml
 
 Loads the base model of the recipe, the merged fine-tuned model (RUN_DIR/model/merged, or --tuned PATH) and the
-judge from `evaluate.judge`; writes personality.json and personality.md to `evaluate.report_dir` (default RUN_DIR/eval).
+judge from `evaluate.judge`; writes personality.json and personality.md to `evaluate.report_dir` (inside RUN_DIR when relative; default RUN_DIR/eval).
 """
 
 import argparse

@@ -10,31 +10,36 @@ RUN_DIR/model (adapter) and RUN_DIR/model/merged (merged weights, what evaluate.
 """
 
 import sys
-from dataclasses import dataclass, field
 from pathlib import Path
 
 from trl import ModelConfig, SFTConfig, TrlParser
 
-from weakstrong.agentsim.recipe import SECTIONS, paths
-from weakstrong.agentsim.training import TRAIN_DEFAULTS, train_sft
+from weakstrong.agentsim.config import ConfigError
+from weakstrong.agentsim.recipe import SECTIONS, load_recipe, paths, train_keys
+from weakstrong.agentsim.training import TRAIN_DEFAULTS, AgentsimTrainArguments, train_sft
+from weakstrong.config_keys import unknown_keys_message
 from weakstrong.distributed import distributed_run, trainer_defaults
 
 
-@dataclass
-class AgentsimTrainArguments:
-    run_dir: str = field(default="runs/agentsim-small", metadata={"help": "the recipe's run folder"})
-    dataset_dir: str | None = field(default=None, metadata={"help": "exported pairs (default RUN_DIR/pairs)"})
-    merge: bool = field(default=True, metadata={"help": "also save merged weights in OUTPUT_DIR/merged"})
-
-
 def main(argv=None):
+    args = sys.argv[1:] if argv is None else list(argv)
+    if "--config" in args[:-1]:
+        try:  # every key of the recipe, at every level, before anything runs
+            load_recipe(args[args.index("--config") + 1])
+        except ConfigError as err:
+            print(f"train.py: error: {err}", file=sys.stderr)
+            sys.exit(2)
     parser = TrlParser((AgentsimTrainArguments, SFTConfig, ModelConfig))
     parser.set_defaults(use_peft=True, model_name_or_path="default", **TRAIN_DEFAULTS, **trainer_defaults())
     run_args, sft_args, model_args, from_config, from_cli = parser.parse_args_and_config(
         argv, return_remaining_strings=True, separate_remaining_strings=True)
     unknown = [k[2:] for k in from_config[::2] if k[2:] not in SECTIONS]
     if unknown or from_cli:
-        sys.exit(f"unknown training settings {unknown + list(from_cli)}: use SFTConfig / ModelConfig field names")
+        print("train.py: error: " + unknown_keys_message(unknown + [a.lstrip("-") for a in from_cli[::2]],
+                                                          train_keys(), "training settings",
+                                                          "train.py's own keys or any SFTConfig / ModelConfig field"),
+              file=sys.stderr)
+        sys.exit(2)
     p = paths({"run_dir": run_args.run_dir})
     if not sft_args.output_dir or sft_args.output_dir == "trainer_output":
         sft_args.output_dir = str(p["model"])

@@ -109,7 +109,7 @@ def test_evaluate_bad_input(store):
 
 def test_daily_telemetry_and_plot(store, tmp_path):
     rows = daily_telemetry(store, embedder=FakeEmbedder())
-    assert [r["day"] for r in rows] == [0, 1]
+    assert [r["day"] for r in rows] == [1, 2]  # numbered from 1, like the progress lines
     assert sum(r["posts"] for r in rows) == store.counts()["posts"]
     assert all(r["complete"] for r in rows)
     assert all(np.isfinite(r["divergence"]) for r in rows if r["posting_agents"] >= 2)

@@ -93,7 +93,7 @@ def test_archetype_cap_and_options(store):
     (dict(variants=["everything"]), "variants must be"),
     (dict(oversample_factor=0), "oversample_factor must be >= 1"),
     (dict(held_out_days=2, split="time"), "lower held_out_days"),
-    (dict(colour="red"), r"unknown export settings \['colour'\]"),
+    (dict(colour="red"), r"export: unknown key 'colour'"),
 ])
 def test_bad_export_settings(store, bad, match):
     with pytest.raises(ConfigError, match=match):
@@ -159,4 +159,4 @@ def test_export_summary_states_the_split(store, capsys):
     assert split["kind"] == "agent" and len(split["held_out"]) == 2  # one of the two agents of each archetype
     assert "held-out split (agent): per archetype" in capsys.readouterr().out
     dd = export_pairs(store, split="time", held_out_days=1, verbose=False)
-    assert dd.counts["split"]["rule"].startswith("days 1..1")
+    assert dd.counts["split"]["rule"].startswith("days 2..2 held out")  # the last of 2 days, numbered from 1

@@ -6,6 +6,7 @@ import contextlib
 import http.server
 import json
 import re
+import socket
 import threading
 import time
 
@@ -157,3 +158,32 @@ def openai_servers():
     """Two independent fake servers (replicas of one model)."""
     with serving(FakeOpenAIServer()) as a, serving(FakeOpenAIServer()) as b:
         yield a, b
+
+
+@pytest.fixture
+def silent_server():
+    """A real TCP server on 127.0.0.1 that accepts every connection, reads nothing and never answers (a hung
+    server, or a port that is not an HTTP server). Bounded: its sockets close when the block ends."""
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(16)
+    listener.settimeout(0.1)
+    held, stop = [], threading.Event()
+
+    def accept():
+        while not stop.is_set():
+            try:
+                held.append(listener.accept()[0])
+            except OSError:  # timeout (poll stop) or closed
+                continue
+
+    thread = threading.Thread(target=accept, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{listener.getsockname()[1]}/v1", held  # the API root, the accepted sockets
+    finally:
+        stop.set()
+        thread.join(timeout=5)
+        for conn in held:
+            conn.close()
+        listener.close()

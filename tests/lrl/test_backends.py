@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import re
+import time
 
 import pytest
 
@@ -305,12 +306,14 @@ def test_pinned_server_names_the_model_to_pass(openai_server, tmp_path):
 def test_total_deadline_bounds_a_server_that_never_answers(openai_server, tmp_path):
     import time
 
-    openai_server.faults = ["timeout"] * 50
+    openai_server.faults = [None] + ["timeout"] * 50  # it answers once, then hangs: the total deadline applies
     openai_server.hang_seconds = 3.0
     client = OpenAICompatibleChat(openai_server.base_url, "m", cache_dir=None, read_timeout=0.4, deadline=1.5,
                                   max_retries=20, backoff_base=0.01, run_label="the LRL teacher (weakstrong lrl)",
                                   setting_names={"deadline": "--teacher_deadline",
                                                  "read_timeout": "--teacher_read_timeout"})
+    assert client.generate([CONV]) == ["Rooms 1, so probably.\nAnswer: NO"]
+    openai_server.requests.clear()
     start = time.monotonic()
     with pytest.raises(EndpointUnavailableError) as err:
         client.generate([CONV])
@@ -328,3 +331,50 @@ def test_setting_names_replace_python_names_in_errors(openai_server, tmp_path, m
                         setting_names={"api_key_env": "--teacher_api_key_env "})
     with pytest.raises(ConfigurationError, match="pass --teacher_api_key_env <NAME>"):
         client.generate([CONV])
+
+
+def test_a_server_that_never_answers_is_reported_while_waiting_and_fails_at_the_first_reply_deadline(
+        silent_server, caplog):
+    url, held = silent_server
+    client = OpenAICompatibleChat(url, "m", cache_dir=None, read_timeout=1.5, deadline=600.0,
+                                  first_reply_deadline=2.5, wait_report_every=0.5, max_retries=20, backoff_base=0.01,
+                                  setting_names={"first_reply_deadline": "--teacher_first_reply_deadline"})
+    start = time.monotonic()
+    with caplog.at_level(logging.WARNING, logger="weakstrong.backends.openai_compat"):
+        with pytest.raises(EndpointUnavailableError) as err:
+            client.generate([CONV])
+    took = time.monotonic() - start
+    assert len(held) >= 2  # it did connect, more than once
+    assert 2.4 <= took < 60, took  # the 2.5 s first-reply deadline, not the 600 s one (bound loose for busy CI)
+    msg = str(err.value)
+    assert "never answered: nothing has come back from it since this run started" in msg
+    assert "read timeout: no reply within" in msg and "--teacher_first_reply_deadline (now 2.5 s" in msg
+    waits = [r.getMessage() for r in caplog.records if r.getMessage().startswith("waiting for ")]
+    assert waits and all(f"waiting for {url}/chat/completions (no reply for " in w for w in waits)
+    assert "nothing has come back from it yet in this run" in waits[0]
+
+
+def test_http_500_reports_what_the_server_said(openai_server, tmp_path):
+    openai_server.faults = [500] * 3
+    client, _ = _client(openai_server, tmp_path, max_retries=1)
+    with pytest.raises(EndpointUnavailableError, match=r"last error: HTTP 500 \(server said: scripted 500\)"):
+        client.generate([CONV])
+    from weakstrong.backends.openai_compat import _server_message
+
+    assert _server_message(b'{"detail": "CUDA out of memory"}') == "CUDA out of memory"
+    assert _server_message(b"<html>Internal\n  Server Error</html>") == "<html>Internal Server Error</html>"
+    long = _server_message(b"x" * 1000)
+    assert long.startswith("x" * 300 + "...") and "(1000 characters)" in long
+
+
+def test_no_scheme_endpoint_is_refused_with_the_url_meant():
+    from weakstrong.backends import parse_endpoint
+
+    for spec, meant in [("127.0.0.1:18431/v1::M", "http://127.0.0.1:18431/v1::M"),
+                        ("localhost:8000/v1", "http://localhost:8000/v1::MODEL"),
+                        ("[::1]:8000/v1::M", "http://[::1]:8000/v1::M")]:
+        with pytest.raises(ConfigurationError, match=re.escape(f"did you mean {meant!r}?")):
+            parse_endpoint(spec)
+    for local in ("default", "HuggingFaceTB/SmolLM2-135M-Instruct", "./models/tiny", "/abs/path", "C:/models/x"):
+        assert parse_endpoint(local) is None
+    assert parse_endpoint("http://h:1/v1::M") == (["http://h:1/v1"], "M")

@@ -53,7 +53,8 @@ def test_weakstrong_lrl_subcommand_end_to_end(openai_server, tmp_path, monkeypat
 @pytest.mark.parametrize("command", ["lrl", "lrl-student", "wmss"])
 @pytest.mark.parametrize("content, message", [
     ("max_steps: [3\n", r"is not valid YAML.*line 1"),
-    ("max_steps: 3\nnot_a_key: 1\n", r"unknown settings \['not_a_key'\]"),
+    ("max_steps: 3\nnot_a_key: 1\n", r"unknown key 'not_a_key' \(no valid key is close\); valid keys: "),
+    ("max_steps: 3\nlerning_rate: 1.0e-4\n", r"unknown key 'lerning_rate' \(did you mean 'learning_rate'\?\)"),
     ("max_steps: abc\n", r"argument --max_steps.*invalid int value: 'abc'"),
     ("batch_size: 0\n", r"\['batch_size'\] must be integers >= 1"),
 ])

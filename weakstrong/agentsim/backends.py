@@ -34,7 +34,10 @@ class OpenAICompatibleBackend(OpenAICompatibleChat):
     def __init__(self, base_url, model, *args, **kwargs):
         kwargs.setdefault("run_label", "the agent simulation (weakstrong agentsim)")
         kwargs.setdefault("setting_names", {k: f"backend.{k}: " for k in (
-            "base_url", "model", "api_key_env", "connect_timeout", "read_timeout", "deadline", "max_retries")})
+            "base_url", "model", "api_key_env", "connect_timeout", "read_timeout", "deadline", "max_retries",
+            "first_reply_deadline")})
+        kwargs.setdefault("resume_hint", "The completed ticks are kept (and replies cached): rerun the same command "
+                                         "and the simulation resumes after its last completed tick.")
         super().__init__(base_url, model, *args, **kwargs)
 
 

@@ -1,4 +1,5 @@
-"""``weakstrong agentsim simulate|export|evaluate|telemetry --config FILE.yaml`` (training: recipes/agentsim/train.py).
+"""``weakstrong agentsim simulate|export|evaluate|telemetry|report --config FILE.yaml`` (training:
+recipes/agentsim/train.py).
 
 Each step reads the recipe YAML (see :mod:`weakstrong.agentsim.recipe`) and writes under its ``run_dir``; every step
 can be rerun: the simulation resumes after its last completed tick, the others overwrite their outputs.
@@ -14,6 +15,11 @@ from pathlib import Path
 from .recipe import load_recipe, make_backend, open_recipe_store, paths, store_spec
 
 STEPS = ("simulate", "export", "evaluate", "telemetry", "report")
+STEP_HELP = {"simulate": "run or resume the simulation (RUN_DIR/sim.db), then the telemetry",
+             "export": "ChatML training pairs (RUN_DIR/pairs) with exact filter counts",
+             "evaluate": "personality evaluation, base vs fine-tuned (evaluate.report_dir)",
+             "telemetry": "per-day telemetry and the divergence-over-days plot of the simulation",
+             "report": "collect what the steps wrote into results.md in evaluate.report_dir"}
 
 
 def run_simulate(recipe: dict, max_ticks: int | None = None, telemetry: bool = True,
@@ -28,9 +34,10 @@ def run_simulate(recipe: dict, max_ticks: int | None = None, telemetry: bool = T
     sim = Simulation(cfg, backend, store_spec(recipe), allow_backend_change=allow_backend_change)
     start, t0 = sim.ticks_done, time.time()
     print(f"simulation: {cfg.agents} agents, {cfg.days} days x {cfg.ticks_per_day} ticks; database {sim.store.path}"
-          + (f"; resuming at tick {start}" if start else ""))
+          + (f"; ticks 1-{start} of {cfg.total_ticks} are done, resuming at tick {start + 1}"
+             if 0 < start < cfg.total_ticks else f"; all {start} ticks are done" if start >= cfg.total_ticks else ""))
 
-    def progress(tick, row):
+    def progress(tick, row):  # ticks and days are numbered from 1 in everything a user reads
         print(f"  tick {tick + 1}/{cfg.total_ticks} (day {row['day'] + 1}): active {row['active_agents']}, posts "
               f"{row['posts']}, comments {row['comments']}, reactions {row['reactions']}, follows {row['follows']}, "
               f"rewrites {row['episodic_rewrites']}+{row['semantic_rewrites']}, belief events {row['belief_events']} "
@@ -98,7 +105,8 @@ def run_evaluate(recipe: dict, tuned: str | None = None, only: str | None = None
         same = (judge_spec.get("type", "transformers") == "transformers"
                 and judge_spec.get("model", "default") == base_spec.get("model", "default"))
         judge = base if same else make_backend(judge_spec)
-    report_dir = Path(ev.pop("report_dir", p["eval"]))
+    ev.pop("report_dir", None)
+    report_dir = p["report"]
     prompts = load_prompts(ev.pop("per_category", None))
     t0 = time.time()
     models = {"base": base} if only == "base" else {"base": None if only == "fine-tuned" else base,
@@ -118,7 +126,8 @@ def run_evaluate(recipe: dict, tuned: str | None = None, only: str | None = None
 
 def run_report(recipe: dict, report_dir=None, notes: str = "") -> Path:
     """Collect what the steps wrote (telemetry, export counts, memory/belief numbers, personality tables) into
-    ``report_dir/results.md`` and copy the divergence plot beside it."""
+    ``report_dir/results.md`` (default: the recipe's ``evaluate.report_dir``, inside RUN_DIR when relative) and
+    copy the divergence plot beside it."""
     import shutil
 
     from .export import format_counts
@@ -126,7 +135,7 @@ def run_report(recipe: dict, report_dir=None, notes: str = "") -> Path:
     from .telemetry import telemetry_markdown
 
     p = paths(recipe)
-    report_dir = Path(report_dir or recipe.get("evaluate", {}).get("report_dir", p["eval"]))
+    report_dir = Path(report_dir) if report_dir else p["report"]
     report_dir.mkdir(parents=True, exist_ok=True)
     parts = ["# Agent simulation: results of the recipe run", ""]
     if is_postgres_url(store_spec(recipe)) or Path(store_spec(recipe)).is_file():
@@ -162,7 +171,16 @@ def run_report(recipe: dict, report_dir=None, notes: str = "") -> Path:
 
 
 def add_arguments(parser) -> None:
-    parser.add_argument("step", choices=STEPS, help="which step of the recipe to run")
+    import argparse
+
+    class Formatter(argparse.RawDescriptionHelpFormatter, argparse.ArgumentDefaultsHelpFormatter):
+        """The epilog as written, and each option's default."""
+
+    parser.formatter_class = Formatter
+    parser.epilog = ("steps (in order; training is recipes/agentsim/train.py, between export and evaluate):\n"
+                     + "\n".join(f"  {name:<10} {text}" for name, text in STEP_HELP.items())
+                     + "\nEvery output is written under the recipe's run_dir (a relative evaluate.report_dir too).")
+    parser.add_argument("step", choices=STEPS, help="which step of the recipe to run: " + ", ".join(STEPS))
     parser.add_argument("--config", required=True, help="recipe YAML, e.g. recipes/agentsim/small.yaml")
     parser.add_argument("--max-ticks", type=int, default=None, help="simulate: stop after this many ticks")
     parser.add_argument("--store", default=None,

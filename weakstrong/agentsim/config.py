@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from ..cli import UserError
+from ..config_keys import check_keys
 
 ACTIONS = ("post", "comment", "react", "follow")
 BUDGET_UNITS = ("chars", "tokens")
@@ -90,6 +91,8 @@ class SimulationConfig:
 
     def __post_init__(self):
         if isinstance(self.feed_weights, dict):
+            check_keys(self.feed_weights, [f.name for f in fields(FeedWeights)], "simulation.feed_weights",
+                       error=ConfigError)
             self.feed_weights = FeedWeights(**self.feed_weights)
         if self.semantic_every is None:
             self.semantic_every = 2 * self.episodic_every
@@ -148,12 +151,7 @@ class SimulationConfig:
 
     @classmethod
     def from_dict(cls, data: dict) -> "SimulationConfig":
-        if not isinstance(data, dict):
-            raise ConfigError(f"a simulation config must be a mapping, got {type(data).__name__}")
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(data) - known)
-        if unknown:
-            raise ConfigError(f"unknown simulation settings {unknown}; valid settings are {sorted(known)}")
+        check_keys(data, [f.name for f in fields(cls)], "simulation", error=ConfigError)
         return cls(**data)
 
     def identity_fields(self) -> dict:

@@ -25,6 +25,7 @@ import numpy as np
 
 from .archetypes import system_prompt
 from .config import ConfigError
+from ..config_keys import check_keys
 
 VARIANTS = ("full", "reflection", "none")
 
@@ -65,10 +66,7 @@ class ExportConfig:
 
     @classmethod
     def from_dict(cls, data: dict) -> "ExportConfig":
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(data) - known)
-        if unknown:
-            raise ConfigError(f"unknown export settings {unknown}; valid settings are {sorted(known)}")
+        check_keys(data, [f.name for f in fields(cls)], "export", error=ConfigError)
         return cls(**data)
 
 
@@ -192,7 +190,7 @@ def export_pairs(store, config: ExportConfig | dict | None = None, verbose: bool
                               f"{last_day + 1} days); lower held_out_days")
         is_test = lambda it: config.held_out_days > 0 and it["day"] >= first_test_day  # noqa: E731
         split_summary = {"kind": "time", "held_out_days": config.held_out_days,
-                         "rule": (f"days {first_test_day}..{last_day} (0-based) held out, every agent in both"
+                         "rule": (f"days {first_test_day + 1}..{last_day + 1} held out, every agent in both"
                                   if config.held_out_days else "none")}
     splits = {"train": [i for i in items if not is_test(i)], "test": [i for i in items if is_test(i)]}
 

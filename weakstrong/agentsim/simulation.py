@@ -133,7 +133,8 @@ class Simulation:
             max_ticks: int | None = None) -> dict:
         """Simulate until ``days`` simulated days are complete in total (default ``config.days``).
 
-        Resumes after the last completed tick; a finished run returns at once. ``max_ticks`` bounds how many ticks
+        Resumes after the last completed tick; a finished run returns at once. ``days`` beyond the stored
+        config's extends the run, and the stored config then records the new length. ``max_ticks`` bounds how many ticks
         this call runs (for time-boxed jobs). ``progress(tick, tick_summary)`` is called after each commit.
         Holds the store's writer lock while it runs (a second writer is refused). Returns the store's row counts.
         """
@@ -143,6 +144,11 @@ class Simulation:
         total = days * self.config.ticks_per_day
         with self.store.writer_lock(self.lock_wait):
             start = self.ticks_done
+            stored = self.store.get_meta("config") or {}
+            if days > int(stored.get("days", days)):  # an extended run: the stored config says how long it is now
+                with self.store.transaction():
+                    self.store.set_meta("config", {**stored, "days": days})
+                logger.info("%s: extended from %s to %d days", self.store.path, stored.get("days"), days)
             if start < total:
                 self.store.log_run(start, backend_name(self.backend), f"run to day {days}")
             end = total if max_ticks is None else min(total, start + max_ticks)
@@ -158,12 +164,14 @@ class Simulation:
         with self.store.writer_lock(self.lock_wait):
             state = self._current_state()
             if tick != state.last_tick + 1:
-                raise StoreError(f"tick {tick} is not the next tick ({state.last_tick + 1}); call run() to resume")
+                raise StoreError(f"tick {tick + 1} is not the next tick ({state.last_tick + 2}; ticks are numbered "
+                                 "from 1); call run() to resume")
             try:
                 return self._tick(tick, state)
             except StoreConnectionError as err:
                 self._state = None
-                raise StoreConnectionError(f"tick {tick} was not written: {err}") from None
+                raise StoreConnectionError(f"tick {tick + 1} of the run was not written (ticks 1-{tick} are kept): "
+                                           f"{err}") from None
             except BaseException:
                 self._state = None  # reload from the database next time
                 raise
@@ -330,8 +338,8 @@ class Simulation:
         with store.transaction():
             done = store.last_completed_tick()
             if done != tick - 1:
-                raise StoreError(f"tick {tick} cannot be written: {store.path} is at tick {done} (another process "
-                                 "wrote to it); rerun to resume")
+                raise StoreError(f"tick {tick + 1} cannot be written: {store.path} already holds ticks 1-{done + 1} "
+                                 "(another process wrote to it); rerun to resume")
             for name in ("posts", "comments", "reactions", "follows"):
                 store.insert(name, rows[name])
             store.executemany("UPDATE posts SET n_comments = n_comments + ?, n_reactions = n_reactions + ?, "

@@ -253,6 +253,16 @@ class SQLiteStore(Store):
     def __init__(self, path: str | Path = ":memory:", timeout: float = 30.0, check: str | None = "quick"):
         self.path = str(path)
         existing = self.path != ":memory:" and Path(self.path).is_file() and Path(self.path).stat().st_size > 0
+        if self.path != ":memory:" and Path(self.path).is_file() and not existing:
+            # Opening a database writes its header (WAL mode) before anything else, so a run of weakstrong never
+            # leaves an empty file: something else made or truncated it. Refused rather than taken as a new run.
+            wal = Path(self.path + "-wal")
+            beside = (f"; {wal.name} beside it holds {wal.stat().st_size} bytes" if wal.is_file() else "")
+            raise StoreError(f"{self.path} is an empty file (0 bytes{beside}): it holds no simulation. weakstrong "
+                             "writes a database header before anything else, so an interrupted run never leaves an "
+                             "empty file; this one was created or truncated by something else (touch, a failed "
+                             "copy, a full disk). If a run should be there, restore it from a backup; to start a "
+                             "new run at this path, delete the file first.")
         if self.path != ":memory:":
             parent = Path(self.path).expanduser().resolve().parent
             if not parent.is_dir():

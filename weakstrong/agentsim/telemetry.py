@@ -11,7 +11,7 @@ from .metrics import dispersion
 
 
 def daily_telemetry(store, embedder="default") -> list[dict]:
-    """One dict per completed simulated day: posts, comments, reactions, follows, episodic/semantic rewrites,
+    """One dict per completed simulated day (``day`` numbered from 1, as in the progress lines): posts, comments, reactions, follows, episodic/semantic rewrites,
     belief events, mean compression ratio (episodic rewrites), and the divergence of that day's posts.
 
     Divergence: every post of the day is embedded (all-MiniLM-L6-v2); each agent that posted gets the centroid
@@ -34,7 +34,7 @@ def daily_telemetry(store, embedder="default") -> list[dict]:
                          "agent_ticks_active FROM ticks WHERE day = ?", (day,))[0]
         ratio = store.scalar("SELECT AVG(compression_ratio) FROM memory_versions WHERE day = ? AND kind = 'episodic'",
                              (day,))
-        row = {"day": day, "complete": tpd is None or n_ticks == tpd, **{k: int(v or 0) for k, v in agg.items()},
+        row = {"day": day + 1, "complete": tpd is None or n_ticks == tpd, **{k: int(v or 0) for k, v in agg.items()},
                "mean_compression_ratio": None if ratio is None else float(ratio)}
         posts = store.rows("SELECT agent_id, content FROM posts WHERE day = ? ORDER BY id", (day,))
         row["posting_agents"] = len({p["agent_id"] for p in posts})
@@ -83,7 +83,7 @@ def plot_divergence(rows: list[dict], path, title: str = "Divergence of agents' 
 
     if not rows or "divergence" not in rows[0]:
         raise ValueError("no divergence to plot: compute daily_telemetry(store) with an embedder first")
-    days = [r["day"] + 1 for r in rows]
+    days = [r["day"] for r in rows]
     fig, ax = plt.subplots(figsize=(6.5, 4), dpi=120)
     ax2 = ax.twinx()
     ax2.bar(days, [r["posts"] for r in rows], color="#dddddd", width=0.5, label="posts")

@@ -6,9 +6,19 @@ the loss covers the agent's reply only (TRL's completion-only loss for prompt-co
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
 from pathlib import Path
 
 TRAIN_DEFAULTS = {"lora_r": 16, "lora_alpha": 32, "num_train_epochs": 3}
+
+
+@dataclass
+class AgentsimTrainArguments:
+    """``recipes/agentsim/train.py``'s own arguments (beside SFTConfig and ModelConfig)."""
+
+    run_dir: str = field(default="runs/agentsim-small", metadata={"help": "the recipe's run folder"})
+    dataset_dir: str | None = field(default=None, metadata={"help": "exported pairs (default RUN_DIR/pairs)"})
+    merge: bool = field(default=True, metadata={"help": "also save merged weights in OUTPUT_DIR/merged"})
 
 
 def as_prompt_completion(dataset):

@@ -12,11 +12,11 @@ closed set of one-token answers (e.g. the digits "1".."5"), for judges too small
 """
 
 from .base import (SAMPLING_KEYS, ChatBackend, ChatBackendError, ChoiceProbs, ChoiceScorer, ConfigurationError,
-                   EndpointUnavailableError, Messages, cut_at_stop, normalize_sampling, parse_endpoint,
+                   EndpointUnavailableError, Messages, UnusableReplyError, cut_at_stop, normalize_sampling, parse_endpoint,
                    request_seeds)
 from .openai_compat import OpenAICompatibleChat
 from .transformers_chat import TransformersChat
 
-__all__ = ["ChatBackend", "ChatBackendError", "ChoiceProbs", "ChoiceScorer", "ConfigurationError", "EndpointUnavailableError", "Messages",
+__all__ = ["ChatBackend", "ChatBackendError", "ChoiceProbs", "ChoiceScorer", "ConfigurationError", "EndpointUnavailableError", "Messages", "UnusableReplyError",
            "OpenAICompatibleChat", "SAMPLING_KEYS", "TransformersChat", "cut_at_stop", "normalize_sampling", "parse_endpoint",
            "request_seeds"]

@@ -14,6 +14,7 @@ guarantees for it is in its own docstring.
 
 from __future__ import annotations
 
+import re
 from typing import Any, NamedTuple, Protocol, runtime_checkable
 
 import numpy as np
@@ -40,11 +41,42 @@ class EndpointUnavailableError(ChatBackendError, UserError):
     its deadline ran out. The CLI prints it without a traceback (the server must be fixed, not the code)."""
 
 
+class UnusableReplyError(ChatBackendError, UserError):
+    """The server answered, but not with something usable (``content: null``, an ``error`` object, no logprobs
+    where they were asked for). Not retried: the same request gets the same reply. The message names the server
+    and what came back; the CLI prints it without a traceback."""
+
+
+_HOST_PORT = re.compile(r"^(\[[0-9a-fA-F:.]+\]|[A-Za-z0-9.-]+):\d{1,5}(/|$)")
+
+
+def looks_like_endpoint(spec: str) -> str | None:
+    """``"http://" + spec`` when ``spec`` names an endpoint but lacks the scheme (``host:port/v1::MODEL``,
+    ``127.0.0.1:8000/v1``, ``[::1]:8000::M``); ``None`` for anything that may be a local model (a path or hub id
+    never holds ``::`` nor starts with ``host:port``)."""
+    if not isinstance(spec, str) or "://" in spec:
+        return None
+    text = spec.strip()
+    if "::" in text.replace("[::", "[").replace("::]", "]") or _HOST_PORT.match(text):
+        return "http://" + text
+    return None
+
+
 def parse_endpoint(spec: str) -> tuple[list[str], str] | None:
     """``"URL::MODEL"`` (``"http://host:8000/v1::Qwen/Qwen2.5-7B-Instruct"``; several replicas of one model:
     ``"http://a:8000/v1,http://b:8000/v1::MODEL"``) as ``(base_urls, model)``; ``None`` when ``spec`` does not
     name an endpoint (a local model name or path). The one way every CLI and recipe names an endpoint."""
-    if not isinstance(spec, str) or "::" not in spec or not spec.lower().startswith(("http://", "https://")):
+    if not isinstance(spec, str):
+        return None
+    if not spec.lower().startswith(("http://", "https://")):
+        looks_like = looks_like_endpoint(spec)
+        if looks_like:
+            model = "" if "::" in spec else "::MODEL"
+            raise ConfigurationError(f"{spec!r} looks like an endpoint without its scheme: did you mean "
+                                     f"{looks_like + model!r}? An endpoint is named URL::MODEL, the URL starting with "
+                                     "http:// or https:// (it is not loaded as a local model).")
+        return None
+    if "::" not in spec:
         return None
     depth, cut = 0, -1
     for i, ch in enumerate(spec):  # the first "::" outside [IPv6] brackets

@@ -24,6 +24,7 @@ import logging
 import os
 import random
 import re
+import select
 import socket
 import ssl
 import threading
@@ -37,8 +38,8 @@ from typing import Any, Callable, Sequence
 from .._io import atomic_write
 import numpy as np
 
-from .base import (ChatBackendError, ChoiceProbs, ConfigurationError, EndpointUnavailableError, Messages,
-                   check_conversations, cut_at_stop, normalize_sampling, request_seeds)
+from .base import (ChoiceProbs, ConfigurationError, EndpointUnavailableError, Messages,
+                   UnusableReplyError, check_conversations, cut_at_stop, normalize_sampling, request_seeds)
 
 logger = logging.getLogger(__name__)
 
@@ -47,13 +48,55 @@ _RETRY_STATUS = {408, 409, 425, 429}
 _LOOPBACK = {"127.0.0.1", "localhost", "::1"}
 _PINNED = re.compile(r"pinned to '([^']+)'")
 # how each setting is named in messages; a CLI passes its own flags (e.g. {"api_key_env": "--teacher_api_key_env"})
-_SETTING_NAMES = ("base_url", "model", "api_key_env", "connect_timeout", "read_timeout", "deadline", "max_retries")
+_SETTING_NAMES = ("base_url", "model", "api_key_env", "connect_timeout", "read_timeout", "deadline", "max_retries",
+                  "first_reply_deadline")
+_DEFAULT_RESUME_HINT = "Replies already received are cached: rerun the same command to continue."
 
 
 class _Retryable(Exception):
     def __init__(self, reason: str, retry_after: float | None = None):
         super().__init__(reason)
         self.retry_after = retry_after
+
+
+def _seconds(x: float) -> str:
+    return f"{x:.1f}" if x < 10 else f"{x:.0f}"
+
+
+def _server_message(raw: bytes, limit: int = 300) -> str:
+    """What a server said in an error reply: the ``error.message`` / ``detail`` / ``message`` of a JSON body, or
+    the body's text, on one line and cut to ``limit`` characters."""
+    text = raw.decode("utf-8", "replace").strip()
+    try:
+        body = json.loads(text)
+    except ValueError:
+        body = None
+    if isinstance(body, dict):
+        err = body.get("error")
+        found = (err.get("message") if isinstance(err, dict) else err) or body.get("detail") or body.get("message")
+        if found:
+            text = found if isinstance(found, str) else json.dumps(found)
+    text = " ".join(text.split())
+    return text if len(text) <= limit else text[:limit] + f"... ({len(text)} characters)"
+
+
+def _no_text_message(url: str, model: str, choice, content) -> str:
+    """Why a reply without text cannot be used, with what came back instead (the decision: such a reply is an
+    error, never an empty answer, and it is not retried: the same request would get the same reply)."""
+    message = choice.get("message") if isinstance(choice, dict) else None
+    reason = choice.get("finish_reason") if isinstance(choice, dict) else None
+    shown = json.dumps(message, ensure_ascii=False)
+    shown = shown if len(shown) <= 300 else shown[:300] + "..."
+    hint = "check the model and the request (a null content usually means a tool call or a refusal)"
+    if reason == "tool_calls" or (isinstance(message, dict) and message.get("tool_calls")):
+        hint = "the model answered with a tool call: serve it without tool-calling enabled, or use another model"
+    elif isinstance(message, dict) and (message.get("reasoning_content") or message.get("reasoning")):
+        hint = ("a reasoning model spent the reply on its reasoning" + (" and hit the token budget: raise the "
+                "max_new_tokens of this step" if reason == "length" else "") + ", or serve it without the "
+                "reasoning parser")
+    return (f"{url} (model {model!r}) answered with message content {content!r} instead of text (finish_reason "
+            f"{reason!r}; the message was {shown}): nothing was cached and the request is not retried (the same "
+            f"request gets the same reply). {hint[0].upper() + hint[1:]}.")
 
 
 def default_cache_dir() -> Path:
@@ -125,6 +168,13 @@ class OpenAICompatibleChat:
         read_timeout: seconds to wait for the reply once connected (``timeout`` is accepted as its old name).
         deadline: total seconds one request may take, retries and waits included; then
             :class:`EndpointUnavailableError` (``None``: only ``max_retries`` bounds it).
+        first_reply_deadline: the same bound while nothing at all has come back from any endpoint of this client
+            yet (not one HTTP reply, whatever its status): a wrong port or a server that accepts connections and
+            never answers fails after this many seconds instead of ``deadline`` (``None``: ``deadline`` only).
+            Once an endpoint has answered, ``deadline`` applies (a busy server may be slow; a dead one is not).
+        wait_report_every: while a reply is awaited, log ``waiting for <url> (no reply for N s)`` every this many
+            seconds (at most one line per endpoint per period; sooner when ``read_timeout`` is short: at least
+            three lines per attempt, at most one a second).
         max_retries: retries after the first attempt on retryable failures.
         backoff_base, backoff_max: delay before retry ``k`` (0-based) is ``min(backoff_max, backoff_base·2^k)``
             with "equal jitter" (uniform in its upper half); a ``Retry-After`` header is honoured up to
@@ -136,6 +186,8 @@ class OpenAICompatibleChat:
         extra_body: extra JSON fields merged into every request (e.g. ``{"top_k": 20}``); part of the cache key.
         sleep: the function used to wait between retries (tests inject a recorder).
         run_label: what this client serves in error messages, e.g. ``"the LRL teacher (weakstrong lrl)"``.
+        resume_hint: the last sentence of an "endpoint unavailable" error: what is kept and how to continue (the
+            caller knows: e.g. "the teacher loop resumes after its last completed batch").
         setting_names: how the user sets each option where this client was built (e.g. ``{"api_key_env":
             "--teacher_api_key_env", "read_timeout": "--teacher_read_timeout"}``), used in error messages;
             default: the Python argument names (``api_key_env=``).
@@ -149,10 +201,12 @@ class OpenAICompatibleChat:
     def __init__(self, base_url: str | Sequence[str], model: str, api_key_env: str = "OPENAI_API_KEY", *,
                  model_alias: str | None = None, max_new_tokens: int = 512, temperature: float = 0.0,
                  connect_timeout: float = 10.0, read_timeout: float = 120.0, deadline: float | None = 600.0,
+                 first_reply_deadline: float | None = 180.0, wait_report_every: float = 15.0,
                  timeout: float | None = None, max_retries: int = 6, backoff_base: float = 1.0,
                  backoff_max: float = 60.0, concurrency: int = 4, cache_dir: str | os.PathLike | None = "auto",
                  extra_body: dict | None = None, sleep: Callable[[float], None] = time.sleep, name: str | None = None,
-                 run_label: str | None = None, setting_names: dict[str, str] | None = None):
+                 run_label: str | None = None, setting_names: dict[str, str] | None = None,
+                 resume_hint: str | None = None):
         urls = [base_url] if isinstance(base_url, str) or base_url is None else list(base_url)
         if not urls:
             raise ConfigurationError("base_url is an empty list: give at least one URL such as "
@@ -165,9 +219,11 @@ class OpenAICompatibleChat:
         if timeout is not None:
             read_timeout = timeout
         if (max_retries < 0 or concurrency < 1 or connect_timeout <= 0 or read_timeout <= 0 or backoff_base < 0
-                or (deadline is not None and deadline <= 0)):
+                or (deadline is not None and deadline <= 0) or wait_report_every <= 0
+                or (first_reply_deadline is not None and first_reply_deadline <= 0)):
             raise ValueError("need max_retries >= 0, concurrency >= 1, connect_timeout > 0, read_timeout > 0, "
-                             "deadline > 0 (or None) and backoff_base >= 0")
+                             "deadline > 0 (or None), first_reply_deadline > 0 (or None), wait_report_every > 0 "
+                             "and backoff_base >= 0")
         self.base_urls = [e.base_url for e in self.endpoints]
         self.base_url = self.base_urls[0]
         self.url = self.endpoints[0].url
@@ -177,6 +233,9 @@ class OpenAICompatibleChat:
         self.connect_timeout = float(connect_timeout)
         self.read_timeout = float(read_timeout)
         self.deadline = None if deadline is None else float(deadline)
+        self.first_reply_deadline = None if first_reply_deadline is None else float(first_reply_deadline)
+        self.wait_report_every = float(wait_report_every)
+        self.resume_hint = resume_hint or _DEFAULT_RESUME_HINT
         self.max_retries = max_retries
         self.backoff_base = backoff_base
         self.backoff_max = backoff_max
@@ -197,6 +256,8 @@ class OpenAICompatibleChat:
                       "per_endpoint": {u: 0 for u in self.base_urls}}
         self._lock = threading.Lock()
         self._next_endpoint = 0
+        self._last_reply: dict[str, float] = {}  # endpoint -> monotonic time of its last HTTP reply (any status)
+        self._last_wait_report: dict[str, float] = {}
 
     @property
     def timeout(self) -> float:  # the old single timeout: now the read timeout
@@ -292,7 +353,7 @@ class OpenAICompatibleChat:
         logprobs = first.get("logprobs") if isinstance(first, dict) else None
         content = logprobs.get("content") if isinstance(logprobs, dict) else None
         if not content:
-            raise ChatBackendError(self._where(
+            raise UnusableReplyError(self._where(
                 f"{endpoint.url} (model {self.model!r}) returned no logprobs: this server or model does not support "
                 "'logprobs'/'top_logprobs' on chat completions (transformers serve ignores them); use "
                 "judge_mode='json' instead"))
@@ -369,7 +430,8 @@ class OpenAICompatibleChat:
         last, attempts, out_of_time = "no attempt made", 0, False
         for attempt in range(self.max_retries + 1):
             endpoint = self.endpoints[(slot + attempt) % len(self.endpoints)]
-            remaining = None if self.deadline is None else self.deadline - (time.monotonic() - started)
+            deadline = self._deadline()
+            remaining = None if deadline is None else deadline - (time.monotonic() - started)
             if remaining is not None and remaining <= 0:
                 out_of_time = True
                 break
@@ -381,8 +443,9 @@ class OpenAICompatibleChat:
                 if attempt == self.max_retries:
                     break
                 delay = self._delay(attempt, err.retry_after)
-                if self.deadline is not None:
-                    left = self.deadline - (time.monotonic() - started)
+                deadline = self._deadline()
+                if deadline is not None:
+                    left = deadline - (time.monotonic() - started)
                     if left <= delay:
                         out_of_time = True
                         break
@@ -392,14 +455,62 @@ class OpenAICompatibleChat:
                                delay)
                 self.sleep(delay)
         names = self.setting_names
+        took = time.monotonic() - started
+        if not self._answered():
+            raise EndpointUnavailableError(self._where(
+                f"{', '.join(self.base_urls)} (model {self.model!r}) never answered: nothing has come back from it "
+                f"since this run started ({attempts} attempts in {took:.0f} s; last error: {last}). Check that an "
+                f"OpenAI-compatible server is running at {names['base_url'].rstrip('=')} (host, port, the '/v1' "
+                "root): one that accepts connections but never replies is hung or is another kind of service. A "
+                f"server that is still loading its model needs more time: raise {names['first_reply_deadline']} "
+                f"(now {self.first_reply_deadline:g} s; it applies until the first reply). {self.resume_hint}"))
         why = (f"the {self.deadline:g} s deadline ran out after {attempts} attempts" if out_of_time
                else f"failed {attempts} times")
         raise EndpointUnavailableError(self._where(
-            f"{', '.join(self.base_urls)} (model {self.model!r}) {why} in {time.monotonic() - started:.0f} s; "
+            f"{', '.join(self.base_urls)} (model {self.model!r}) {why} in {took:.0f} s; "
             f"last error: {last}. Check that the server is up and reachable at {names['base_url'].rstrip('=')}, or "
             f"raise {names['deadline']} (total per request), {names['read_timeout']} (per attempt) or "
-            f"{names['max_retries']}. Work already done is kept (replies are cached, and the LRL loop and the "
-            "simulation resume after their last completed step): rerun the same command."))
+            f"{names['max_retries']}. {self.resume_hint}"))
+
+    def _answered(self) -> bool:
+        """Whether any endpoint of this client has sent back an HTTP reply (any status) in this process."""
+        with self._lock:
+            return bool(self._last_reply)
+
+    def _deadline(self) -> float | None:
+        """The total time a request may take now: ``deadline``, or ``first_reply_deadline`` (when shorter) while
+        nothing has come back from any endpoint yet."""
+        if self._answered() or self.first_reply_deadline is None:
+            return self.deadline
+        return self.first_reply_deadline if self.deadline is None else min(self.deadline, self.first_reply_deadline)
+
+    def _await_reply(self, sock, endpoint: _Endpoint, read: float) -> None:
+        """Block until the reply's first bytes can be read, logging ``waiting for <url> (no reply for N s)`` every
+        ``wait_report_every`` seconds (once per endpoint and period over all threads); raise :class:`_Retryable`
+        after ``read`` seconds without a byte."""
+        sent = time.monotonic()
+        every = min(self.wait_report_every, max(1.0, read / 3))  # a short attempt still reports while it waits
+        while True:
+            if getattr(sock, "pending", None) is not None and sock.pending():
+                return  # TLS bytes already decrypted and buffered
+            waited = time.monotonic() - sent
+            if waited >= read:
+                raise _Retryable(f"read timeout: no reply within {read:g} s")
+            ready, _, _ = select.select([sock], [], [], min(every, read - waited))
+            if ready:
+                return
+            now = time.monotonic()
+            with self._lock:
+                last_report = self._last_wait_report.get(endpoint.base_url, -float("inf"))
+                due = now - last_report >= every * 0.999
+                if due:
+                    self._last_wait_report[endpoint.base_url] = now
+                last_reply = self._last_reply.get(endpoint.base_url)
+            if due:
+                since = ("nothing has come back from it yet in this run" if last_reply is None
+                         else f"its last reply came {now - last_reply:.0f} s ago")
+                logger.warning("waiting for %s (no reply for %s s; %s; this attempt gives up after %g s)",
+                               endpoint.url, _seconds(now - sent), since, read)
 
     def _content(self, payload: dict, endpoint: _Endpoint) -> str:
         try:
@@ -408,11 +519,7 @@ class OpenAICompatibleChat:
         except (KeyError, IndexError, TypeError, AttributeError):
             raise _Retryable("the reply has no choices[0].message") from None
         if not isinstance(content, str):
-            reason = choice.get("finish_reason") if isinstance(choice, dict) else None
-            raise ChatBackendError(self._where(
-                f"{endpoint.url} (model {self.model!r}) returned message content {content!r} (finish_reason "
-                f"{reason!r}) instead of text: nothing was cached. A null content usually means the server "
-                "answered with a tool call or refused; check the model and the request"))
+            raise UnusableReplyError(self._where(_no_text_message(endpoint.url, self.model, choice, content)))
         return content
 
     def _post_payload(self, endpoint: _Endpoint, body: dict, remaining: float | None = None) -> dict:
@@ -441,7 +548,10 @@ class OpenAICompatibleChat:
             conn.sock.settimeout(read)
             try:
                 conn.request("POST", endpoint.target(), body=data, headers=headers)
+                self._await_reply(conn.sock, endpoint, read)
                 resp = conn.getresponse()
+                with self._lock:
+                    self._last_reply[endpoint.base_url] = time.monotonic()
                 status, raw = resp.status, resp.read()
             except (socket.timeout, TimeoutError):
                 raise _Retryable(f"read timeout: no reply within {read:g} s") from None
@@ -458,7 +568,8 @@ class OpenAICompatibleChat:
         if not isinstance(payload, dict):
             raise _Retryable("the reply is not a JSON object")
         if payload.get("error"):
-            raise ChatBackendError(self._where(f"{endpoint.url} returned an error: {str(payload['error'])[:300]}"))
+            raise UnusableReplyError(self._where(f"{endpoint.url} (model {self.model!r}) answered with an error "
+                                                 f"object: {_server_message(json.dumps(payload).encode())}"))
         return payload
 
     def _raise_for_status(self, endpoint: _Endpoint, status: int, raw: bytes, retry_after) -> None:
@@ -481,5 +592,8 @@ class OpenAICompatibleChat:
                 f"{endpoint.url} serves only {pinned.group(1)!r} and refused model {self.model!r} (transformers "
                 f"serve requires the exact served path): pass {names['model']}{pinned.group(1)!r}"))
         if status in _RETRY_STATUS or status >= 500:
-            raise _Retryable(f"HTTP {status}", _retry_after(retry_after))
-        raise ChatBackendError(self._where(f"{endpoint.url} answered HTTP {status}: {detail[:300]}"))
+            said = _server_message(raw)
+            raise _Retryable(f"HTTP {status}" + (f" (server said: {said})" if said else " (empty body)"),
+                             _retry_after(retry_after))
+        raise ConfigurationError(self._where(f"{endpoint.url} (model {self.model!r}) refused the request with HTTP "
+                                             f"{status}: {_server_message(raw) or '(empty body)'}"))

@@ -36,6 +36,9 @@ class LRLScriptArguments:
     teacher_connect_timeout: float = field(default=10.0, metadata={"help": "Seconds to connect to the endpoint."})
     teacher_read_timeout: float = field(default=120.0, metadata={"help": "Seconds to wait for one reply."})
     teacher_deadline: float = field(default=600.0, metadata={"help": "Total seconds per request, retries included."})
+    teacher_first_reply_deadline: float = field(
+        default=180.0, metadata={"help": "Total seconds per request while the endpoint has not answered once yet (a "
+                                         "wrong port or a hung server fails after this, not after --teacher_deadline)."})
     teacher_cache_dir: str | None = field(
         default="auto", metadata={"help": "Reply cache folder ('auto': $WEAKSTRONG_CACHE/chat-cache; None: off)."}
     )
@@ -47,7 +50,13 @@ class LRLScriptArguments:
 #: how the LRL command line names each endpoint setting (used in the client's error messages)
 TEACHER_SETTINGS = {"base_url": "--teacher URL::MODEL", "model": "--teacher URL::", "api_key_env": "--teacher_api_key_env ",
                     "connect_timeout": "--teacher_connect_timeout", "read_timeout": "--teacher_read_timeout",
-                    "deadline": "--teacher_deadline", "max_retries": "--teacher_max_retries"}
+                    "deadline": "--teacher_deadline", "max_retries": "--teacher_max_retries",
+                    "first_reply_deadline": "--teacher_first_reply_deadline"}
+
+
+#: what an unreachable teacher's error ends with
+LOOP_RESUME_HINT = ("The teacher loop's completed batches are kept (and replies cached): rerun the same command and it "
+                    "resumes after its last completed batch.")
 
 
 @dataclass
@@ -78,8 +87,9 @@ def make_teacher(script):
                                        max_retries=script.teacher_max_retries,
                                        connect_timeout=script.teacher_connect_timeout,
                                        read_timeout=script.teacher_read_timeout, deadline=script.teacher_deadline,
+                                       first_reply_deadline=script.teacher_first_reply_deadline,
                                        cache_dir=cache, run_label="the LRL teacher (weakstrong lrl)",
-                                       setting_names=TEACHER_SETTINGS)
+                                       setting_names=TEACHER_SETTINGS, resume_hint=LOOP_RESUME_HINT)
     if "://" in script.teacher:
         raise UserError(f"--teacher {script.teacher!r} looks like a URL but names no model: use URL::MODEL, e.g. "
                         "http://localhost:8000/v1::Qwen/Qwen2.5-7B-Instruct")

@@ -41,6 +41,15 @@ RESULT_FIELDS = ("batch", "index", "problem", "answer", "completion", "parsed", 
 ENTRY_FIELDS = ("batch", "n", "correct", "accuracy", "unparseable", "strategy_version", "text")
 STRATEGY_FIELDS = ("version", "after_batch", "source", "text")
 RESTART_HINT = "--restart_teacher_loop (restart_teacher_loop=True in Python; the old folder is kept beside it)"
+#: how each identity key is set through ``LinguisticRLConfig`` / ``weakstrong lrl`` (what a refusal names)
+CLI_SETTING_NAMES = {
+    "task": "--task", "teacher": "--teacher", "problems": "the training problems (--train_problems, --train_seed, "
+    "--balanced, --faithful or train_dataset)", "n_problems": "--train_problems", "batch_size": "--batch_size",
+    "distill_every": "--distill_every", "distill_at_end": "--distill_at_end", "initial_strategy": "--initial_strategy",
+    "temperature": "--teacher_temperature", "seed": "--seed", "solve_max_new_tokens": "--teacher_max_new_tokens",
+    "reflect_max_new_tokens": "--reflection_max_new_tokens", "distill_max_new_tokens": "--distill_max_new_tokens",
+    "journal_examples": "--journal_examples", "journal_tail_chars": "--journal_tail_chars",
+    "strategy_max_chars": "--strategy_max_chars", "format": "the loop's file format (written by another version)"}
 
 
 class LoopIdentityError(UserError, ValueError):
@@ -112,6 +121,8 @@ class ReflectionLoop:
             ``teacher/problems_solved``, ``teacher/journal_entries``, ``teacher/distillations`` …).
         progress: show a progress bar over the problems and one line per batch (tqdm); ``False`` logs the line
             at INFO level instead.
+        setting_names: how the caller names each setting in a refusal to resume (``LinguisticRLTrainer`` passes
+            :data:`CLI_SETTING_NAMES`, the flags of ``weakstrong lrl``); default: this class's argument names.
     """
 
     def __init__(self, teacher, task, output_dir, batch_size: int = 10, distill_every: int = 5,
@@ -120,7 +131,7 @@ class ReflectionLoop:
                  solve_max_new_tokens: int = 512, reflect_max_new_tokens: int = 512,
                  distill_max_new_tokens: int = 384, temperature: float = 0.0, seed: int | None = None,
                  resume: bool = True, restart: bool = False, log: Callable[[dict], None] | None = None,
-                 progress: bool = False):
+                 progress: bool = False, setting_names: dict[str, str] | None = None):
         if batch_size < 1 or distill_every < 1 or journal_examples < 0 or journal_tail_chars < 1:
             raise ValueError("need batch_size >= 1, distill_every >= 1, journal_examples >= 0, journal_tail_chars >= 1")
         self.teacher = teacher
@@ -143,6 +154,7 @@ class ReflectionLoop:
         self.log = log
         self.progress = progress
         self.teacher_calls = 0
+        self.setting_names = dict(setting_names or {})
 
     # ------------------------------------------------------------------ paths
     @property
@@ -371,8 +383,11 @@ class ReflectionLoop:
                 logger.warning("LRL: %s does not record %s (written by an older version); they cannot be checked",
                                path, unknown)
             diff = sorted(k for k in meta if k in old and old[k] != meta[k])
+            if "seed" in diff and (old.get("seed") is None or meta["seed"] is None):
+                diff.remove("seed")  # the seed is recorded only when sampling: a greedy side has None, the
+                # temperature change (reported) is the difference
             if diff:
-                lines = "; ".join(f"{k}: saved {old[k]!r}, now {meta[k]!r}" for k in diff)
+                lines = "; ".join(f"{self._setting_name(k)}: saved {old[k]!r}, now {meta[k]!r}" for k in diff)
                 raise LoopIdentityError(
                     f"{self.dir} holds a teacher loop made with other settings ({lines}). Resuming would mix two "
                     f"runs. Rerun with the saved settings to resume it, pass {RESTART_HINT} to start afresh, or "
@@ -382,6 +397,13 @@ class ReflectionLoop:
             return
         atomic_write(path, json.dumps({**meta, "teacher_name": getattr(self.teacher, "name", meta["teacher"])},
                                       indent=2))
+
+    def _setting_name(self, key: str) -> str:
+        """How the user sets identity key ``key`` (a CLI flag under ``weakstrong lrl``, else the argument)."""
+        if key in self.setting_names:
+            return self.setting_names[key]
+        return {"temperature": "temperature", "teacher": "teacher", "task": "task", "problems": "the problems",
+                "n_problems": "the number of problems", "format": "the loop's file format"}.get(key, key)
 
     def _drop_incomplete(self, results: list[dict], batches: list[list[dict]]) -> list[dict]:
         keep = [r for r in results if 1 <= r["batch"] <= len(batches)

@@ -12,7 +12,7 @@ from typing import Any
 from .config import LinguisticRLConfig
 from .curriculum import build_curriculum, curriculum_summary
 from .evaluation import evaluate, majority_baseline
-from .loop import LoopResult, ReflectionLoop
+from .loop import CLI_SETTING_NAMES, LoopResult, ReflectionLoop
 from .report import write_report
 from .student import LinguisticRLStudentTrainer
 
@@ -115,7 +115,7 @@ class LinguisticRLTrainer:
                               reflect_max_new_tokens=a.reflection_max_new_tokens,
                               distill_max_new_tokens=a.distill_max_new_tokens, temperature=a.teacher_temperature,
                               seed=a.seed, resume=a.resume, restart=a.restart_teacher_loop, log=self.log,
-                              progress=not a.disable_tqdm)
+                              progress=not a.disable_tqdm, setting_names=CLI_SETTING_NAMES)
         self.loop_result = loop.run(self.train_problems)
         logger.info("LRL stage 1: teacher train accuracy %.3f, strategy v%d", self.loop_result.accuracy,
                     self.loop_result.strategy_version)
