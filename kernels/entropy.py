@@ -166,19 +166,20 @@ def check_index_range(index, v: int, keep=None, what: str = "index") -> None:
 def lse_entropy_torch(rv: RowView, index=None, inv_t: float = 1.0, want_entropy: bool = True, max_rows=None, keep=None):
     """Chunked forward over the rows of ``rv``; ``keep`` [N] bool (or None): rows to compute.
 
-    Returns ``(logp or None, entropy or None, stats)``; ``stats`` [N, 2] holds ``(m, log_d)`` per row (see
-    :func:`chunk_lse_entropy`), all that the backward needs besides the entropy.  Rows not kept give 0.
+    Returns ``(logp or None, entropy or None, stats)``; ``stats`` [N, 3] holds ``(m, log_d, entropy)`` per row
+    (see :func:`chunk_lse_entropy`; the entropy column is 0 when ``want_entropy`` is False), all that the
+    backward needs.  ``stats`` is a separate buffer from the returned entropy, so a caller may edit the returned
+    outputs in place before the backward.  Rows not kept give 0.
     """
     n, v = rv.n, rv.v
     acc = acc_dtype(rv.x3.dtype)
     dev = rv.x3.device
-    stats = torch.empty(n, 2, dtype=acc, device=dev)
+    stats = torch.zeros(n, 3, dtype=acc, device=dev)
     ent = torch.empty(n, dtype=acc, device=dev) if want_entropy else None
     logp = torch.empty(n, dtype=acc, device=dev) if index is not None else None
     if n == 0:
         return logp, ent, stats
     if index is not None:
-        check_index_range(index, v, keep)
         safe = index if keep is None else torch.where(keep, index, torch.zeros_like(index))
     rows = chunk_rows(n, v, max_rows, device=dev)
     s_buf = torch.empty(rows, v, dtype=acc, device=dev)
@@ -189,6 +190,7 @@ def lse_entropy_torch(rv: RowView, index=None, inv_t: float = 1.0, want_entropy:
         stats[i : i + k, 1] = logd_c
         if want_entropy:
             ent[i : i + k] = ent_c
+            stats[i : i + k, 2] = ent_c
         if index is not None:
             xy = xc.gather(1, safe[i : i + k].unsqueeze(1)).squeeze(1).to(acc)
             logp[i : i + k] = (xy - m_c) * inv_t - logd_c
@@ -199,9 +201,9 @@ def lse_entropy_torch(rv: RowView, index=None, inv_t: float = 1.0, want_entropy:
     return logp, ent, stats
 
 
-def lse_entropy_grad_torch(rv: RowView, index, inv_t, stats, ent, g_lp, g_ent, out, max_rows=None, keep=None):
+def lse_entropy_grad_torch(rv: RowView, index, inv_t, stats, g_lp, g_ent, out, max_rows=None, keep=None):
     """Write ``d(sum g_lp*logp + g_ent*H)/dx`` for every row of ``rv`` into ``out`` [N, V] (chunked); rows not
-    kept get 0."""
+    kept get 0.  ``stats`` [N, 3] = ``(m, log_d, H)`` from the forward."""
     n, v = rv.n, rv.v
     if n == 0:
         return out
@@ -226,7 +228,7 @@ def lse_entropy_grad_torch(rv: RowView, index, inv_t, stats, ent, g_lp, g_ent, o
         glp_c = g_lp[i : i + k].unsqueeze(1) if g_lp is not None else None
         if g_ent is not None:
             lp.clamp_(min=_NEG_CLAMP)
-            lp.add_(ent[i : i + k].unsqueeze(1)).mul_(g_ent[i : i + k].unsqueeze(1))
+            lp.add_(stats[i : i + k, 2:3]).mul_(g_ent[i : i + k].unsqueeze(1))
             if glp_c is not None:
                 lp.add_(glp_c)
             lp.mul_(p).neg_()  # -p * (g_lp + g_H (log p + H))
@@ -286,8 +288,9 @@ if HAS_TRITON:
         if HAS_MASK:
             skip = tl.load(mask_ptr + row) == 0
         if skip:  # masked row: no read of the logits, defined (zero) outputs
-            tl.store(stats_ptr + 2 * row, 0.0)
-            tl.store(stats_ptr + 2 * row + 1, 0.0)
+            tl.store(stats_ptr + 3 * row, 0.0)
+            tl.store(stats_ptr + 3 * row + 1, 0.0)
+            tl.store(stats_ptr + 3 * row + 2, 0.0)
             tl.store(ent_ptr + row, 0.0)
             if HAS_INDEX:
                 tl.store(logp_ptr + row, 0.0)
@@ -315,9 +318,11 @@ if HAS_TRITON:
                 d = alpha * d + d_blk
                 m = m_new
             log_d = tl.log(d)
-            tl.store(stats_ptr + 2 * row, m)
-            tl.store(stats_ptr + 2 * row + 1, log_d)
-            tl.store(ent_ptr + row, log_d - t / d)
+            ent = log_d - t / d
+            tl.store(stats_ptr + 3 * row, m)
+            tl.store(stats_ptr + 3 * row + 1, log_d)
+            tl.store(stats_ptr + 3 * row + 2, ent)  # the backward's copy: the returned entropy may be edited
+            tl.store(ent_ptr + row, ent)
             if HAS_INDEX:
                 y = tl.load(idx_ptr + row).to(tl.int64)
                 ok = (y >= 0) & (y < V)
@@ -334,7 +339,6 @@ if HAS_TRITON:
         idx_ptr,
         mask_ptr,
         stats_ptr,
-        ent_ptr,
         glp_ptr,
         gent_ptr,
         V,
@@ -356,9 +360,9 @@ if HAS_TRITON:
                 tl.store(gx_row + offs, tl.zeros([BLOCK], dtype=gx_ptr.dtype.element_ty), mask=offs < V)
         else:
             x_row = _row_start(x_ptr, R, stride_b, stride_r)
-            m = tl.load(stats_ptr + 2 * row)
-            log_d = tl.load(stats_ptr + 2 * row + 1)
-            ent = tl.load(ent_ptr + row)
+            m = tl.load(stats_ptr + 3 * row)
+            log_d = tl.load(stats_ptr + 3 * row + 1)
+            ent = tl.load(stats_ptr + 3 * row + 2)
             glp = 0.0
             gent = 0.0
             y = -1
@@ -384,7 +388,7 @@ if HAS_TRITON:
 def lse_entropy_triton(rv: RowView, index=None, inv_t: float = 1.0, mask=None):
     n, v = rv.n, rv.v
     dev = rv.x3.device
-    stats = torch.empty(n, 2, dtype=torch.float32, device=dev)
+    stats = torch.empty(n, 3, dtype=torch.float32, device=dev)
     ent = torch.empty(n, dtype=torch.float32, device=dev)
     logp = torch.empty(n, dtype=torch.float32, device=dev) if index is not None else None
     if n == 0:
@@ -406,7 +410,7 @@ def lse_entropy_triton(rv: RowView, index=None, inv_t: float = 1.0, mask=None):
     return logp, ent, stats
 
 
-def lse_entropy_grad_triton(rv: RowView, index, inv_t, stats, ent, g_lp, g_ent, out, mask=None):
+def lse_entropy_grad_triton(rv: RowView, index, inv_t, stats, g_lp, g_ent, out, mask=None):
     n, v = rv.n, rv.v
     if n == 0:
         return out
@@ -415,12 +419,11 @@ def lse_entropy_grad_triton(rv: RowView, index, inv_t, stats, ent, g_lp, g_ent, 
         *rv.kernel_args(),
         rv.r,
         out,
-        index if index is not None else ent,
-        mask if mask is not None else ent,
+        index if index is not None else stats,
+        mask if mask is not None else stats,
         stats,
-        ent,
-        g_lp if g_lp is not None else ent,
-        g_ent if g_ent is not None else ent,
+        g_lp if g_lp is not None else stats,
+        g_ent if g_ent is not None else stats,
         v,
         float(inv_t),
     )
@@ -433,7 +436,7 @@ def lse_entropy_grad_triton(rv: RowView, index, inv_t, stats, ent, g_lp, g_ent, 
 # dispatch (also used by the hidden-state path in linear.py)
 # ----------------------------------------------------------------------------------------------------------
 def lse_entropy_forward(x, index, inv_t, backend, want_entropy=True, row_mask=None, max_rows=None):
-    """``(logp [N] or None, entropy [N], stats [N, 2])`` of ``x`` [..., V] (strided rows read in place)."""
+    """``(logp [N] or None, entropy [N] or None, stats [N, 3])`` of ``x`` [..., V] (strided rows read in place)."""
     rv = row_view(x)
     if backend == "triton":
         return lse_entropy_triton(rv, index, inv_t, row_mask)
@@ -441,13 +444,13 @@ def lse_entropy_forward(x, index, inv_t, backend, want_entropy=True, row_mask=No
     return lse_entropy_torch(rv, index, inv_t, want_entropy=want_entropy, max_rows=max_rows, keep=keep)
 
 
-def lse_entropy_backward(x, index, inv_t, stats, ent, g_lp, g_ent, out, backend, row_mask=None):
+def lse_entropy_backward(x, index, inv_t, stats, g_lp, g_ent, out, backend, row_mask=None):
     """Fill ``out`` [N, V] (contiguous) with the gradient of ``sum g_lp * logp + g_ent * H``."""
     rv = row_view(x)
     if backend == "triton":
-        return lse_entropy_grad_triton(rv, index, inv_t, stats, ent, g_lp, g_ent, out, row_mask)
+        return lse_entropy_grad_triton(rv, index, inv_t, stats, g_lp, g_ent, out, row_mask)
     keep = None if row_mask is None else row_mask.to(torch.bool)
-    return lse_entropy_grad_torch(rv, index, inv_t, stats, ent, g_lp, g_ent, out, keep=keep)
+    return lse_entropy_grad_torch(rv, index, inv_t, stats, g_lp, g_ent, out, keep=keep)
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -462,7 +465,12 @@ def _lse_entropy_op(
     max_rows: int,
     backend: str,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """``(logp [N] (empty without index), entropy [N], stats [N, 2])``; N = rows of ``logits`` [..., V]."""
+    """``(logp [N] (empty without index), entropy [N], stats [N, 3])``; N = rows of ``logits`` [..., V].
+
+    ``stats`` = (row max, log of the shifted exp-sum, entropy) is what the backward saves; the returned
+    ``logp`` and ``entropy`` are never saved, so callers may edit them in place before the backward."""
+    if index is not None:
+        check_index_range(index, logits.shape[-1], None if row_mask is None else row_mask.to(torch.bool))
     logp, ent, stats = lse_entropy_forward(logits, index, inv_t, backend, row_mask=row_mask, max_rows=max_rows or None)
     if logp is None:
         logp = ent.new_empty(0)
@@ -478,7 +486,7 @@ def _(logits, index, row_mask, inv_t, max_rows, backend):
     return (
         logits.new_empty(n if index is not None else 0, dtype=acc),
         logits.new_empty(n, dtype=acc),
-        logits.new_empty(n, 2, dtype=acc),
+        logits.new_empty(n, 3, dtype=acc),
     )
 
 
@@ -488,7 +496,6 @@ def _lse_entropy_bwd_op(
     index: Optional[torch.Tensor],
     row_mask: Optional[torch.Tensor],
     stats: torch.Tensor,
-    ent: torch.Tensor,
     g_lp: Optional[torch.Tensor],
     g_ent: Optional[torch.Tensor],
     inv_t: float,
@@ -497,30 +504,29 @@ def _lse_entropy_bwd_op(
     """Gradient w.r.t. ``logits`` (contiguous, ``logits.shape``, ``logits.dtype``)."""
     v = logits.shape[-1]
     out = torch.empty_like(logits, memory_format=torch.contiguous_format)
-    lse_entropy_backward(logits, index, inv_t, stats, ent, g_lp, g_ent, out.view(-1, v), backend, row_mask)
+    lse_entropy_backward(logits, index, inv_t, stats, g_lp, g_ent, out.view(-1, v), backend, row_mask)
     return out
 
 
 @_lse_entropy_bwd_op.register_fake
-def _(logits, index, row_mask, stats, ent, g_lp, g_ent, inv_t, backend):
+def _(logits, index, row_mask, stats, g_lp, g_ent, inv_t, backend):
     return torch.empty_like(logits, memory_format=torch.contiguous_format)
 
 
 def _lse_entropy_setup(ctx, inputs, output):
     ctx.set_materialize_grads(False)  # an unused output's gradient stays None (no zero-filled extra term)
     logits, index, row_mask, inv_t, _max_rows, backend = inputs
-    _logp, ent, stats = output
-    ctx.save_for_backward(logits, index, row_mask, stats, ent)
+    ctx.save_for_backward(logits, index, row_mask, output[2])  # stats only: logp / entropy may be edited in place
     ctx.inv_t, ctx.backend = inv_t, backend
 
 
 def _lse_entropy_grad(ctx, g_logp, g_ent, _g_stats):
-    logits, index, row_mask, stats, ent = ctx.saved_tensors
+    logits, index, row_mask, stats = ctx.saved_tensors
     if not ctx.needs_input_grad[0] or (g_logp is None and g_ent is None):
         return None, None, None, None, None, None
     g_logp = g_logp.contiguous().to(stats.dtype) if (g_logp is not None and index is not None) else None
     g_ent = g_ent.contiguous().to(stats.dtype) if g_ent is not None else None
-    gx = _lse_entropy_bwd_op(logits, index, row_mask, stats, ent, g_logp, g_ent, ctx.inv_t, ctx.backend)
+    gx = _lse_entropy_bwd_op(logits, index, row_mask, stats, g_logp, g_ent, ctx.inv_t, ctx.backend)
     return gx, None, None, None, None, None
 
 

@@ -143,7 +143,7 @@ def _linear_lse_op(
     dev = hidden.device
     logp = torch.empty(n, dtype=torch.float32, device=dev)
     ent = torch.empty(n, dtype=torch.float32, device=dev)
-    stats = torch.empty(n, 2, dtype=torch.float32, device=dev)
+    stats = torch.empty(n, 3, dtype=torch.float32, device=dev)
     chunk = _token_chunk(chunk_size, n, weight.shape[0], dev)
     w, b = _cast(weight, dtype), _cast(bias, dtype)
     for i in range(0, n, chunk):
@@ -159,7 +159,7 @@ def _linear_lse_op(
 def _(hidden, weight, bias, index, inv_t, chunk_size, dtype, backend):
     n = hidden.shape[0]
     return hidden.new_empty(n, dtype=torch.float32), hidden.new_empty(n, dtype=torch.float32), hidden.new_empty(
-        n, 2, dtype=torch.float32
+        n, 3, dtype=torch.float32
     )
 
 
@@ -170,7 +170,6 @@ def _linear_lse_bwd_op(
     bias: Optional[torch.Tensor],
     index: torch.Tensor,
     stats: torch.Tensor,
-    ent: torch.Tensor,
     g_lp: Optional[torch.Tensor],
     g_ent: Optional[torch.Tensor],
     inv_t: float,
@@ -199,7 +198,6 @@ def _linear_lse_bwd_op(
             index[i : i + k],
             inv_t,
             stats[i : i + k],
-            ent[i : i + k],
             g_lp[i : i + k] if g_lp is not None else None,
             g_ent[i : i + k] if g_ent is not None else None,
             gl,
@@ -219,7 +217,7 @@ def _linear_lse_bwd_op(
 
 
 @_linear_lse_bwd_op.register_fake
-def _(hidden, weight, bias, index, stats, ent, g_lp, g_ent, inv_t, chunk_size, dtype, need_h, need_w, need_b, backend):
+def _(hidden, weight, bias, index, stats, g_lp, g_ent, inv_t, chunk_size, dtype, need_h, need_w, need_b, backend):
     gb = bias.new_empty(bias.shape) if (need_b and bias is not None) else weight.new_empty(0)
     gh = torch.empty_like(hidden) if need_h else hidden.new_empty(0)
     gw = torch.empty_like(weight, memory_format=torch.contiguous_format) if need_w else weight.new_empty(0)
@@ -229,14 +227,13 @@ def _(hidden, weight, bias, index, stats, ent, g_lp, g_ent, inv_t, chunk_size, d
 def _linear_lse_setup(ctx, inputs, output):
     ctx.set_materialize_grads(False)  # an unused output's gradient stays None (no zero-filled extra term)
     hidden, weight, bias, index, inv_t, chunk_size, dtype, backend = inputs
-    _, ent, stats = output
-    ctx.save_for_backward(hidden, weight, bias, index, stats, ent)
+    ctx.save_for_backward(hidden, weight, bias, index, output[2])  # not logp / entropy: callers may edit those
     ctx.args = (inv_t, chunk_size, dtype)
     ctx.backend = backend
 
 
 def _linear_lse_grad(ctx, g_lp, g_ent, _g_stats):
-    hidden, weight, bias, index, stats, ent = ctx.saved_tensors
+    hidden, weight, bias, index, stats = ctx.saved_tensors
     need_h, need_w, need_b = ctx.needs_input_grad[:3]
     if (g_lp is None and g_ent is None) or not (need_h or need_w or need_b):
         return (None,) * 8
@@ -244,7 +241,7 @@ def _linear_lse_grad(ctx, g_lp, g_ent, _g_stats):
     g_ent = g_ent.contiguous().float() if g_ent is not None else None
     inv_t, chunk_size, dtype = ctx.args
     gh, gw, gb = _linear_lse_bwd_op(
-        hidden, weight, bias, index, stats, ent, g_lp, g_ent, inv_t, chunk_size, dtype, need_h, need_w, need_b, ctx.backend
+        hidden, weight, bias, index, stats, g_lp, g_ent, inv_t, chunk_size, dtype, need_h, need_w, need_b, ctx.backend
     )
     return (gh if need_h else None), (gw if need_w else None), (gb if need_b else None), None, None, None, None, None
 
