@@ -88,6 +88,12 @@ def _token_chunk(chunk_size: int, n: int, vocab: int, device) -> int:
     return int(chunk_size) if chunk_size else default_token_chunk(n, vocab, device)
 
 
+def _fresh(t: torch.Tensor) -> torch.Tensor:
+    """A new contiguous tensor of ``t``'s shape, dtype and device: every gradient the backward ops return, real
+    and fake alike (``empty_like`` would copy a transposed input's strides in the real op only)."""
+    return torch.empty(t.shape, dtype=t.dtype, device=t.device)
+
+
 def _placeholder(t: torch.Tensor) -> torch.Tensor:
     """An empty tensor standing for 'no gradient' (custom ops return tensors only)."""
     return t.new_empty(0)
@@ -182,8 +188,8 @@ def _linear_lse_bwd_op(
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     _require_gathered(weight, "weight")
     need_bias = need_bias and bias is not None
-    grad_h = torch.empty_like(hidden) if need_hidden else _placeholder(hidden)
-    grad_w = torch.zeros_like(weight, memory_format=torch.contiguous_format) if need_weight else _placeholder(weight)
+    grad_h = _fresh(hidden) if need_hidden else _placeholder(hidden)
+    grad_w = _fresh(weight).zero_() if need_weight else _placeholder(weight)
     grad_b = torch.zeros(weight.shape[0], dtype=torch.float32, device=weight.device) if need_bias else None
     n = hidden.shape[0]
     chunk = _token_chunk(chunk_size, n, weight.shape[0], hidden.device)
@@ -219,8 +225,8 @@ def _linear_lse_bwd_op(
 @_linear_lse_bwd_op.register_fake
 def _(hidden, weight, bias, index, stats, g_lp, g_ent, inv_t, chunk_size, dtype, need_h, need_w, need_b, backend):
     gb = bias.new_empty(bias.shape) if (need_b and bias is not None) else weight.new_empty(0)
-    gh = torch.empty_like(hidden) if need_h else hidden.new_empty(0)
-    gw = torch.empty_like(weight, memory_format=torch.contiguous_format) if need_w else weight.new_empty(0)
+    gh = _fresh(hidden) if need_h else hidden.new_empty(0)
+    gw = _fresh(weight) if need_w else weight.new_empty(0)
     return gh, gw, gb
 
 
@@ -344,10 +350,10 @@ def _linear_mixed_bwd_op(
     need_sh, need_sw, need_wh, need_ww = needs
     need_a = (need_sh or need_sw) and lam != 0.0
     need_b = (need_wh or need_ww) and lam != 1.0
-    g_sh = torch.zeros_like(sh) if need_sh else _placeholder(sh)
-    g_sw = torch.zeros_like(sw, memory_format=torch.contiguous_format) if need_sw else _placeholder(sw)
-    g_wh = torch.zeros_like(wh) if need_wh else _placeholder(wh)
-    g_ww = torch.zeros_like(ww, memory_format=torch.contiguous_format) if need_ww else _placeholder(ww)
+    g_sh = _fresh(sh).zero_() if need_sh else _placeholder(sh)
+    g_sw = _fresh(sw).zero_() if need_sw else _placeholder(sw)
+    g_wh = _fresh(wh).zero_() if need_wh else _placeholder(wh)
+    g_ww = _fresh(ww).zero_() if need_ww else _placeholder(ww)
     if not (need_a or need_b):
         return g_sh, g_sw, g_wh, g_ww
     if lam != 0.0:
@@ -386,7 +392,7 @@ def _linear_mixed_bwd_op(
 def _(sh, sw, wh, ww, labels, stats, g_rows, lam, ignore_index, chunk_size, strong_dtype, weak_dtype, needs, backend):
     outs = []
     for t, need in zip((sh, sw, wh, ww), needs):
-        outs.append(torch.empty_like(t, memory_format=torch.contiguous_format) if need else t.new_empty(0))
+        outs.append(_fresh(t) if need else t.new_empty(0))
     return tuple(outs)
 
 

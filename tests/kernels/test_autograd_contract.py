@@ -113,3 +113,113 @@ def test_inplace_edit_of_every_output_before_backward(backend, name, dtype):
         for got, exp in zip(grads, rgrads):
             assert torch.isfinite(got).all(), (name, edited)
             torch.testing.assert_close(got.double(), exp, atol=tol, rtol=tol)
+
+
+# ----------------------------------------------------------------------------------------------------------
+# torch.library.opcheck on every custom op (defect 2: the backward allocated gradients with the input's
+# strides while the fake implementation declared them contiguous; inductor then crashed on transposed hidden
+# states)
+# ----------------------------------------------------------------------------------------------------------
+N = 6
+
+
+def _layouts(rows, cols, seed):
+    """The same values as a transposed view, a shifted view (``x[1:]``) and a padded-last-dim view."""
+    g = torch.Generator().manual_seed(seed)
+    base = torch.randn(rows, cols, generator=g)
+    transposed = base.T.contiguous().T  # strides (1, rows)
+    shifted = torch.cat([torch.randn(1, cols, generator=g), base])[1:]  # storage offset, like x[:, 1:]
+    padded = torch.cat([base, torch.randn(rows, 5, generator=g)], 1)[:, :cols]  # like padded[..., :V]
+    out = {"transposed": transposed, "shifted": shifted, "padded": padded}
+    assert all(torch.equal(t, base) for t in out.values())
+    assert not out["transposed"].is_contiguous() and not out["padded"].is_contiguous()
+    return out
+
+
+LAYOUTS = ["transposed", "shifted", "padded"]
+
+
+def _opcheck(op, args):
+    torch.library.opcheck(op, args)
+
+
+@pytest.mark.parametrize("layout", LAYOUTS)
+def test_opcheck_lse_entropy(backend, layout):
+    x = _layouts(N, V, 0)[layout]
+    idx = torch.randint(0, V, (N,))
+    mask = (torch.arange(N) % 3 != 0).to(torch.uint8)
+    xg = x.detach().requires_grad_()
+    _opcheck(torch.ops.weakstrong.lse_entropy.default, (xg, idx, None, 1.25, 0, backend))
+    _opcheck(torch.ops.weakstrong.lse_entropy.default, (xg, idx, mask, 0.8, 0, backend))
+    _opcheck(torch.ops.weakstrong.lse_entropy.default, (xg, None, None, 1.0, 2, backend))
+    _, _, stats = torch.ops.weakstrong.lse_entropy(x, idx, None, 1.25, 0, backend)
+    g = torch.randn(N)
+    _opcheck(torch.ops.weakstrong.lse_entropy_backward.default, (x, idx, None, stats, g, g * 0.5, 1.25, backend))
+
+
+@pytest.mark.parametrize("layout", LAYOUTS)
+def test_opcheck_mixed_ce(backend, layout):
+    a = _layouts(N, V, 1)[layout]
+    b = _layouts(N, V, 2)[layout]
+    labels = torch.randint(0, V, (N,))
+    labels[2] = -100
+    for want in (False, True):
+        args = (a.detach().requires_grad_(), b.detach().requires_grad_(), labels, 0.3, -100, want, backend)
+        _opcheck(torch.ops.weakstrong.mixed_ce.default, args)
+    _, stats, _ = torch.ops.weakstrong.mixed_ce(a, b, labels, 0.3, -100, False, backend)
+    g = torch.randn(N)
+    _opcheck(torch.ops.weakstrong.mixed_ce_backward.default, (a, b, labels, stats, g, 0.3, -100, True, True, backend))
+
+
+@pytest.mark.parametrize("layout", LAYOUTS)
+def test_opcheck_linear_lse_entropy(backend, layout):
+    hidden = _layouts(N, H, 3)[layout]
+    weight = _layouts(V, H, 4)[layout] * 0.5
+    bias = torch.randn(V)
+    idx = torch.randint(0, V, (N,))
+    hg, wg, bg = hidden.detach().requires_grad_(), weight.detach().requires_grad_(), bias.requires_grad_()
+    for b in (None, bg):
+        _opcheck(torch.ops.weakstrong.linear_lse_entropy.default, (hg, wg, b, idx, 0.8, 4, torch.float32, backend))
+    _, _, stats = torch.ops.weakstrong.linear_lse_entropy(hidden, weight, None, idx, 0.8, 4, torch.float32, backend)
+    g = torch.randn(N)
+    args = (hidden, weight, None, idx, stats, g, g * 0.5, 0.8, 4, torch.float32, True, True, False, backend)
+    _opcheck(torch.ops.weakstrong.linear_lse_entropy_backward.default, args)
+
+
+@pytest.mark.parametrize("layout", LAYOUTS)
+def test_opcheck_linear_mixed_ce(backend, layout):
+    sh, wh = _layouts(N, H, 5)[layout], _layouts(N, H + 3, 6)[layout]
+    sw, ww = _layouts(V, H, 7)[layout] * 0.5, _layouts(V, H + 3, 8)[layout] * 0.5
+    labels = torch.randint(0, V, (N,))
+    labels[1] = -100
+    ins = [t.detach().requires_grad_() for t in (sh, sw, wh, ww)]
+    f32 = torch.float32
+    for want in (False, True):
+        _opcheck(torch.ops.weakstrong.linear_mixed_ce.default, (*ins, labels, 0.3, -100, want, 4, f32, f32, backend))
+    _, stats, _ = torch.ops.weakstrong.linear_mixed_ce(sh, sw, wh, ww, labels, 0.3, -100, False, 4, f32, f32, backend)
+    g = torch.randn(N)
+    args = (sh, sw, wh, ww, labels, stats, g, 0.3, -100, 4, f32, f32, [True, True, True, True], backend)
+    _opcheck(torch.ops.weakstrong.linear_mixed_ce_backward.default, args)
+
+
+def test_compiled_transposed_hidden_states(torch_backend):
+    """The user-level symptom of defect 2: compiled forward + backward with transposed hidden states (a
+    ``[T, B, H]`` activation seen as ``[B, T, H]``) matches eager, gradient strides included in the graph."""
+    torch._dynamo.reset()
+    g = torch.Generator().manual_seed(0)
+    hidden = torch.randn(5, 2, H, generator=g).transpose(0, 1).requires_grad_()  # [2, 5, H], not contiguous
+    weight = torch.randn(V, H, generator=g).requires_grad_()
+    idx = torch.randint(0, V, (2, 5), generator=g)
+
+    def f(hd, w):
+        lp, ent = linear_selective_log_softmax_and_entropy(hd, w, idx, chunk_size=4)
+        loss = linear_mixed_cross_entropy(hd, w, hd, w, idx, lam=0.3, chunk_size=4)
+        return lp.sum() + ent.sum() + loss
+
+    out = torch.compile(f, backend="aot_eager", fullgraph=True)(hidden, weight)
+    grads = torch.autograd.grad(out, (hidden, weight))
+    eager = f(hidden, weight)
+    egrads = torch.autograd.grad(eager, (hidden, weight))
+    torch.testing.assert_close(out, eager)
+    for a, b in zip(grads, egrads):
+        torch.testing.assert_close(a, b)
