@@ -179,10 +179,10 @@ def test_opcheck_linear_lse_entropy(backend, layout):
     idx = torch.randint(0, V, (N,))
     hg, wg, bg = hidden.detach().requires_grad_(), weight.detach().requires_grad_(), bias.requires_grad_()
     for b in (None, bg):
-        _opcheck(torch.ops.weakstrong.linear_lse_entropy.default, (hg, wg, b, idx, 0.8, 4, torch.float32, backend))
-    _, _, stats = torch.ops.weakstrong.linear_lse_entropy(hidden, weight, None, idx, 0.8, 4, torch.float32, backend)
+        _opcheck(torch.ops.weakstrong.linear_lse_entropy.default, (hg, wg, b, idx, 0.8, 4, torch.float32, torch.float32, backend))
+    _, _, stats = torch.ops.weakstrong.linear_lse_entropy(hidden, weight, None, idx, 0.8, 4, torch.float32, torch.float32, backend)
     g = torch.randn(N)
-    args = (hidden, weight, None, idx, stats, g, g * 0.5, 0.8, 4, torch.float32, True, True, False, backend)
+    args = (hidden, weight, None, idx, stats, g, g * 0.5, 0.8, 4, torch.float32, torch.float32, True, True, False, backend)
     _opcheck(torch.ops.weakstrong.linear_lse_entropy_backward.default, args)
 
 
@@ -195,10 +195,10 @@ def test_opcheck_linear_mixed_ce(backend, layout):
     ins = [t.detach().requires_grad_() for t in (sh, sw, wh, ww)]
     f32 = torch.float32
     for want in (False, True):
-        _opcheck(torch.ops.weakstrong.linear_mixed_ce.default, (*ins, labels, 0.3, -100, want, 4, f32, f32, backend))
-    _, stats, _ = torch.ops.weakstrong.linear_mixed_ce(sh, sw, wh, ww, labels, 0.3, -100, False, 4, f32, f32, backend)
+        _opcheck(torch.ops.weakstrong.linear_mixed_ce.default, (*ins, labels, 0.3, -100, want, 4, f32, f32, f32, backend))
+    _, stats, _ = torch.ops.weakstrong.linear_mixed_ce(sh, sw, wh, ww, labels, 0.3, -100, False, 4, f32, f32, f32, backend)
     g = torch.randn(N)
-    args = (sh, sw, wh, ww, labels, stats, g, 0.3, -100, 4, f32, f32, [True, True, True, True], backend)
+    args = (sh, sw, wh, ww, labels, stats, g, 0.3, -100, 4, f32, f32, f32, [True, True, True, True], backend)
     _opcheck(torch.ops.weakstrong.linear_mixed_ce_backward.default, args)
 
 
