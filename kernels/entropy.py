@@ -27,8 +27,8 @@ between ``lse`` and ``E[x]``).  The raw row max ``m`` and ``log d`` are saved (n
 Rows.  Batch/row-strided views (``logits[:, :-1]``, a vocab-padded ``[..., :V]``) are read in place (see
 ``kernels/_launch.py``); the gradient is a fresh contiguous tensor.  ``row_mask`` rows are skipped inside the
 kernels (never read, outputs 0, gradient 0), so they may hold any index.  An index outside ``[0, V)`` on a
-kept row raises on the torch path (a device-side assert on CUDA, no host sync) and gives NaN with no gradient
-on the Triton path.
+kept row raises ``IndexError`` (value, position and V in the message) on both paths, checked once per call
+before any kernel (see :func:`check_index_range` for its cost on CUDA).
 
 Backends: Triton (one program per row, looping over the vocabulary in blocks of 8,192 with 16 warps at
 V >= 4k) for CUDA tensors; a chunked torch implementation otherwise whose extra memory is two ``rows x V``
@@ -152,14 +152,33 @@ def chunk_lse_entropy(xc, inv_t: float, s, e, want_entropy: bool = True):
 
 
 def check_index_range(index, v: int, keep=None, what: str = "index") -> None:
-    """Raise (CPU) / device-assert (CUDA, no host sync) unless every kept index is in [0, v)."""
-    ok = (index >= 0) & (index < v)
+    """Raise ``IndexError`` naming the first kept ``index`` outside ``[0, v)``, its position and ``v``.
+
+    Called once per op call, before any kernel, on both paths (the Triton kernels never see a bad index).
+    Cost: one elementwise pass over ``index`` (N integers) and, on CPU, no host synchronisation at all
+    (``nonzero`` runs on the host).  On CUDA it is one reduction plus ONE host sync per call (reading whether any
+    index is bad), never per chunk; while a CUDA graph is being captured (where a sync is not allowed) it is a
+    device-side assert instead (no sync; a bad index then aborts with CUDA's "device-side assert triggered",
+    without the value: rerun on CPU to see it)."""
+    bad = (index < 0) | (index >= v)
     if keep is not None:
-        ok = ok | ~keep
-    torch._assert_async(
-        ok.all(),
-        f"{what} out of range: every {what} must be in [0, {v}) (the vocabulary size) on rows that are not "
-        "masked or ignored; check the label shift, the ignore_index and the tokenizer's vocabulary size",
+        bad &= keep
+    if index.device.type == "cuda":
+        if torch.cuda.is_current_stream_capturing():
+            torch._assert_async(~bad.any(), f"{what} out of range: every kept {what} must be in [0, {v})")
+            return
+        if not bool(bad.any()):  # the one host sync of the call
+            return
+    pos = bad.reshape(-1).nonzero()
+    if pos.numel() == 0:
+        return
+    first = int(pos[0, 0])
+    value = int(index.reshape(-1)[first])
+    raise IndexError(
+        f"{what} {value} at (flattened) position {first} is outside [0, {v}), the vocabulary size {v}: every "
+        f"{what} must be a token id of the LM head's vocabulary on rows that are not masked or ignored "
+        f"({int(pos.shape[0])} such rows); check the label shift, the ignore_index and that the tokenizer matches "
+        "the model's vocabulary"
     )
 
 
@@ -569,8 +588,7 @@ def selective_log_softmax_and_entropy(
     Differentiable with respect to ``logits`` through both outputs.  ``index`` has shape ``logits.shape[:-1]``.
     ``row_mask`` (optional, same shape as ``index``): rows where it is 0 are skipped inside the kernel (never
     read, 0 for both outputs, 0 gradient) and may carry any index (e.g. -100).  An index outside
-    ``[0, V)`` on a kept row raises on the torch path and gives NaN (and no gradient) on the Triton path,
-    which cannot raise without a host sync.  ``entropy_requires_grad=False`` returns a detached entropy (TRL's
+    ``[0, V)`` on a kept row raises ``IndexError`` on both paths.  ``entropy_requires_grad=False`` returns a detached entropy (TRL's
     keyword; keyword-only here because TRL has it in third position while this signature keeps
     ``temperature`` third).  float64 logits give float64 outputs (torch path).
     """

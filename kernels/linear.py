@@ -26,7 +26,7 @@ import torch
 import torch.nn.functional as F
 
 from ._dispatch import backend_for
-from .entropy import _check_temperature, _flat_index, lse_entropy_backward, lse_entropy_forward
+from .entropy import _check_temperature, _flat_index, check_index_range, lse_entropy_backward, lse_entropy_forward
 from .mixed_ce import (
     AUX_FIELDS,
     _check_flags,
@@ -175,6 +175,7 @@ def _linear_lse_op(
     accum_dtype: torch.dtype,
     backend: str,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    check_index_range(index, weight.shape[0])  # once per call, before any chunk
     n = hidden.shape[0]
     dev = hidden.device
     logp = torch.empty(n, dtype=torch.float32, device=dev)
@@ -340,6 +341,7 @@ def _linear_mixed_op(
     accum_dtype: torch.dtype,
     backend: str,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    check_index_range(labels, sw.shape[0], labels != ignore_index, what="label")  # once per call
     n = sh.shape[0]
     dev = sh.device
     loss = torch.empty(n, dtype=torch.float32, device=dev)
