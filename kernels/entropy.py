@@ -316,16 +316,21 @@ if HAS_TRITON:
         else:
             x_row = _row_start(x_ptr, R, stride_b, stride_r)
             cols = tl.arange(0, BLOCK)
-            m = -1.0e30  # finite start: exp(m - m') never sees (-inf) - (-inf)
+            # Start at m = -inf, not a finite sentinel: with a tiny temperature (1/T > ~3e8) the rescale
+            # (sentinel - x) / T overflowed to -inf and alpha * (shift * d) became 0 * (-inf) = NaN (issue 22,
+            # defect 5).  Guards: a row that is all -inf so far shifts by 0 (its e are all 0), and when alpha
+            # underflows to 0 the old terms are dropped as a whole (their limit e^shift * shift * d is 0).
+            m = float("-inf")
             d = 0.0
             t = 0.0
             for start in range(0, V, BLOCK):
                 offs = start + cols
                 x = tl.load(x_row + offs, mask=offs < V, other=float("-inf")).to(tl.float32)
                 m_new = tl.maximum(m, tl.max(x, axis=0))  # max of raw x; scaled shifts below
-                shift = (m - m_new) * inv_t
+                m_ref = tl.where(m_new == float("-inf"), 0.0, m_new)
+                shift = (m - m_ref) * inv_t  # -inf at the first finite block: alpha = 0 while d = t = 0
                 alpha = tl.exp(shift)
-                s = (x - m_new) * inv_t
+                s = (x - m_ref) * inv_t
                 e = tl.exp(s)
                 es = e * tl.where(e > 0.0, s, 0.0)  # masked / -inf lanes: 0 * (-inf) guarded
                 if FUSED:
@@ -333,7 +338,7 @@ if HAS_TRITON:
                 else:
                     d_blk = tl.sum(e, axis=0)
                     t_blk = tl.sum(es, axis=0)
-                t = alpha * (t + shift * d) + t_blk
+                t = tl.where(alpha > 0.0, alpha * (t + shift * d), 0.0) + t_blk
                 d = alpha * d + d_blk
                 m = m_new
             log_d = tl.log(d)
