@@ -55,7 +55,16 @@ from typing import Optional
 import torch
 
 from ._dispatch import HAS_TRITON, backend_for
-from ._launch import RowView, block_config, chunk_elements, fused_reduce, launch, row_chunks, row_view
+from ._launch import (
+    RowView,
+    block_config,
+    check_same_device,
+    chunk_elements,
+    fused_reduce,
+    launch,
+    row_chunks,
+    row_view,
+)
 
 if HAS_TRITON:
     import triton
@@ -338,7 +347,7 @@ if HAS_TRITON:
                 else:
                     d_blk = tl.sum(e, axis=0)
                     t_blk = tl.sum(es, axis=0)
-                t = tl.where(alpha > 0.0, alpha * (t + shift * d), 0.0) + t_blk
+                t = tl.where(alpha > 0.0, alpha * (t + tl.where(d > 0.0, shift, 0.0) * d), 0.0) + t_blk
                 d = alpha * d + d_blk
                 m = m_new
             log_d = tl.log(d)
@@ -601,6 +610,7 @@ def selective_log_softmax_and_entropy(
     lead = logits.shape[:-1]
     if index.shape != lead:
         raise ValueError(f"index shape {tuple(index.shape)} must equal logits.shape[:-1] = {tuple(lead)}")
+    check_same_device(logits=logits, index=index, row_mask=row_mask)
     backend = backend_for(logits)
     logp, ent, _ = _lse_entropy_op(logits, _flat_index(index), _flat_mask(row_mask, lead), inv_t, 0, backend)
     logp, ent = logp.view(lead), ent.view(lead)
@@ -639,6 +649,7 @@ def selective_log_softmax(
     if index.ndim == logits.ndim - 1:
         if index.shape != lead:
             raise ValueError(f"index shape {tuple(index.shape)} must equal logits.shape[:-1] = {tuple(lead)}")
+        check_same_device(logits=logits, index=index, row_mask=row_mask)
         backend = backend_for(logits)
         logp, _, _ = _lse_entropy_op(logits, _flat_index(index), _flat_mask(row_mask, lead), inv_t, 0, backend)
         return logp.view(lead).to(logits.dtype)

@@ -26,6 +26,7 @@ import torch
 import torch.nn.functional as F
 
 from ._dispatch import backend_for
+from ._launch import check_same_device
 from .entropy import _check_temperature, _flat_index, check_index_range, lse_entropy_backward, lse_entropy_forward
 from .mixed_ce import (
     AUX_FIELDS,
@@ -314,6 +315,7 @@ def linear_selective_log_softmax_and_entropy(
     if index.shape != lead:
         raise ValueError(f"index shape {tuple(index.shape)} must equal hidden.shape[:-1] = {tuple(lead)}")
     h2d = hidden.reshape(-1, hidden.shape[-1])
+    check_same_device(hidden=hidden, weight=weight, index=index, bias=bias)
     backend = backend_for(h2d, weight)
     dtype = compute_dtype(h2d, weight)
     logp, ent, _ = _linear_lse_op(
@@ -510,6 +512,10 @@ def linear_mixed_cross_entropy(
     sh = strong_hidden.reshape(-1, strong_hidden.shape[-1])
     wh = weak_hidden.reshape(-1, weak_hidden.shape[-1])
     y = flat_labels(labels)
+    check_same_device(
+        strong_hidden=strong_hidden, strong_weight=strong_weight, weak_hidden=weak_hidden, weak_weight=weak_weight,
+        labels=labels,
+    )
     backend = backend_for(sh, strong_weight, wh, weak_weight)
     want = bool(return_entropies or return_stats)
     sdt, wdt = compute_dtype(sh, strong_weight), compute_dtype(wh, weak_weight)

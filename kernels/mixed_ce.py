@@ -34,7 +34,7 @@ from typing import NamedTuple
 import torch
 
 from ._dispatch import HAS_TRITON, backend_for
-from ._launch import RowView, block_config, fused_reduce, launch, row_chunks, row_view
+from ._launch import RowView, block_config, check_same_device, fused_reduce, launch, row_chunks, row_view
 from .entropy import acc_dtype, check_index_range, chunk_lse_entropy, chunk_rows
 
 if HAS_TRITON:
@@ -658,6 +658,7 @@ def mixed_cross_entropy(
     if labels.shape != lead:
         raise ValueError(f"labels shape {tuple(labels.shape)} must equal logits.shape[:-1] = {tuple(lead)}")
     y = flat_labels(labels)
+    check_same_device(strong_logits=strong_logits, weak_logits=weak_logits, labels=labels)
     backend = backend_for(strong_logits, weak_logits)
     want = bool(return_entropies or return_stats)
     per_token, _, aux = _mixed_ce_op(strong_logits, weak_logits, y, lam, int(ignore_index), want, backend)

@@ -61,3 +61,65 @@ def test_out_of_range_target_allowed_on_masked_rows(backend, name):
     out = _calls()[name](idx, keep)
     for t in out if isinstance(out, tuple) else (out,):
         assert torch.isfinite(t).all()
+
+
+# ---------------------------------------------------------------------------------------------- devices
+def test_launch_guard_checks_every_tensor_argument():
+    """Defect 6: the launch guard only looked at the strong logits; the weak logits on another device reached
+    the kernel.  ``launch`` now checks every tensor argument's device and dtype before running anything."""
+    import weakstrong.kernels._launch as L
+
+    ran = []
+
+    def kernel(*args, **kwargs):  # pragma: no cover - must not run
+        ran.append(args)
+
+    class Fake:
+        fn = kernel
+
+        def __getitem__(self, grid):
+            return kernel
+
+    cpu = torch.zeros(4)
+    meta = torch.empty(4, device="meta")
+    with pytest.raises(ValueError, match=r"kernel: tensor argument 2 is on meta but the kernel launches on cpu"):
+        L.launch(Fake(), 1, (cpu, 3, meta), {}, 4, torch.device("cpu"))
+    with pytest.raises(ValueError, match=r"tensor argument 1 has dtype torch.float64"):
+        L.launch(Fake(), 1, (cpu, cpu.double()), {}, 4, torch.device("cpu"))
+    with pytest.raises(ValueError, match="argument 0 is on cpu but the kernel launches on meta"):
+        L.check_launch_args("k", (cpu,), torch.device("meta"))
+    L.check_launch_args("k", (cpu, 1, 2.0, cpu.long(), cpu.bfloat16(), cpu.bool()), torch.device("cpu"))
+    assert not ran
+
+
+def test_mixed_ce_triton_launch_guard_sees_the_weak_logits(backend):
+    """The wrappers' own launches pass the guard with both logits on one device, and a weak-logits row view on
+    another device is refused at the launch (the Triton wrapper called directly, as a GPU pair would reach it)."""
+    import weakstrong.kernels.mixed_ce as M
+    from weakstrong.kernels._launch import row_view
+
+    if backend != "triton":
+        pytest.skip("Triton path only")
+    a = torch.randn(3, V)
+    labels = torch.tensor([1, 2, 3])
+    loss, _, _ = M.mixed_ce_triton(row_view(a), row_view(a * 0.5), labels, 0.5, -100, False)
+    assert torch.isfinite(loss).all()
+    with pytest.raises(ValueError, match="is on meta but the kernel launches on cpu"):
+        M.mixed_ce_triton(row_view(a), row_view(torch.empty(3, V, device="meta")), labels, 0.5, -100, False)
+
+
+@pytest.mark.parametrize("name", ["mixed", "linear_mixed", "logp", "linear_logp"])
+def test_public_ops_refuse_mixed_devices(backend, name):
+    """Every public op names the arguments and their devices when they differ (both paths, before dispatch)."""
+    x = torch.randn(3, V)
+    meta_x = torch.empty(3, V, device="meta")
+    y = torch.tensor([1, 2, 3])
+    h, w = torch.randn(3, H), torch.randn(V, H)
+    calls = {
+        "mixed": lambda: mixed_cross_entropy(x, meta_x, y),
+        "linear_mixed": lambda: linear_mixed_cross_entropy(h, w, h, torch.empty(V, H, device="meta"), y),
+        "logp": lambda: selective_log_softmax_and_entropy(x, y.to("meta")),
+        "linear_logp": lambda: linear_selective_log_softmax_and_entropy(h, w, y, bias=torch.empty(V, device="meta")),
+    }
+    with pytest.raises(ValueError, match=r"different devices \(.* on cpu, .* on meta"):
+        calls[name]()
