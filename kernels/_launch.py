@@ -25,6 +25,8 @@ from ._dispatch import interpreting, next_power_of_2
 __all__ = [
     "RowView",
     "block_config",
+    "check_launch_args",
+    "check_same_device",
     "chunk_elements",
     "device_guard",
     "fused_reduce",
@@ -197,8 +199,55 @@ def _describe(arg: Any) -> Any:
     raise TypeError(f"unexpected kernel argument {type(arg).__name__}")
 
 
+#: element types the kernels load and store (float64 always takes the torch path)
+_KERNEL_DTYPES = (
+    torch.float16,
+    torch.bfloat16,
+    torch.float32,
+    torch.int64,
+    torch.int32,
+    torch.uint8,
+    torch.bool,
+)
+
+
+def check_launch_args(name: str, args: tuple, device: torch.device) -> None:
+    """Raise ``ValueError`` unless every tensor in ``args`` is on ``device`` and of a dtype the kernels handle.
+
+    Triton takes raw pointers: a tensor on another GPU (e.g. the weak model's logits on ``cuda:1``) would be read
+    through a pointer that is meaningless on ``device``, and a float64 tensor would be read as float32 pairs."""
+    device = torch.device(device)
+    for i, a in enumerate(args):
+        if not isinstance(a, torch.Tensor):
+            continue
+        if a.device != device:
+            raise ValueError(
+                f"{name}: tensor argument {i} is on {a.device} but the kernel launches on {device}; every tensor "
+                "of one call (both models' logits or hidden states and weights, labels, masks) must be on the same "
+                "device: move them with .to(device) first"
+            )
+        if a.dtype not in _KERNEL_DTYPES:
+            raise ValueError(
+                f"{name}: tensor argument {i} has dtype {a.dtype}; the Triton kernels take float16, bfloat16 or "
+                "float32 values and integer / bool indices and masks (float64 runs on the torch path)"
+            )
+
+
+def check_same_device(**tensors: torch.Tensor | None) -> None:
+    """Raise ``ValueError`` naming the arguments if the given tensors (``None`` skipped) are on different
+    devices (checked by every public op, on both paths, before dispatch)."""
+    named = {k: t for k, t in tensors.items() if t is not None}
+    devices = {t.device for t in named.values()}
+    if len(devices) > 1:
+        where = ", ".join(f"{k} on {t.device}" for k, t in named.items())
+        raise ValueError(f"arguments are on different devices ({where}); move them to one device first")
+
+
 def launch(kernel, n_programs: int, args: tuple, constexprs: dict[str, Any], num_warps: int, device: torch.device):
-    """Launch ``kernel`` on a 1-D grid of ``n_programs`` with ``device`` current (and record it if asked)."""
+    """Launch ``kernel`` on a 1-D grid of ``n_programs`` with ``device`` current (and record it if asked).
+
+    Every tensor argument is checked first (:func:`check_launch_args`): same device as the launch, a dtype
+    the kernels handle."""
     if _RECORDS is not None:
         fn = getattr(kernel, "fn", kernel)
         _RECORDS.append(
@@ -212,5 +261,6 @@ def launch(kernel, n_programs: int, args: tuple, constexprs: dict[str, Any], num
         )
         if not _EXECUTE:
             return
+    check_launch_args(getattr(getattr(kernel, "fn", kernel), "__name__", str(kernel)), args, device)
     with device_guard(device):
         kernel[(n_programs,)](*args, **constexprs, num_warps=num_warps)

@@ -27,8 +27,8 @@ between ``lse`` and ``E[x]``).  The raw row max ``m`` and ``log d`` are saved (n
 Rows.  Batch/row-strided views (``logits[:, :-1]``, a vocab-padded ``[..., :V]``) are read in place (see
 ``kernels/_launch.py``); the gradient is a fresh contiguous tensor.  ``row_mask`` rows are skipped inside the
 kernels (never read, outputs 0, gradient 0), so they may hold any index.  An index outside ``[0, V)`` on a
-kept row raises on the torch path (a device-side assert on CUDA, no host sync) and gives NaN with no gradient
-on the Triton path.
+kept row raises ``IndexError`` (value, position and V in the message) on both paths, checked once per call
+before any kernel (see :func:`check_index_range` for its cost on CUDA).
 
 Backends: Triton (one program per row, looping over the vocabulary in blocks of 8,192 with 16 warps at
 V >= 4k) for CUDA tensors; a chunked torch implementation otherwise whose extra memory is two ``rows x V``
@@ -55,7 +55,16 @@ from typing import Optional
 import torch
 
 from ._dispatch import HAS_TRITON, backend_for
-from ._launch import RowView, block_config, chunk_elements, fused_reduce, launch, row_chunks, row_view
+from ._launch import (
+    RowView,
+    block_config,
+    check_same_device,
+    chunk_elements,
+    fused_reduce,
+    launch,
+    row_chunks,
+    row_view,
+)
 
 if HAS_TRITON:
     import triton
@@ -152,33 +161,53 @@ def chunk_lse_entropy(xc, inv_t: float, s, e, want_entropy: bool = True):
 
 
 def check_index_range(index, v: int, keep=None, what: str = "index") -> None:
-    """Raise (CPU) / device-assert (CUDA, no host sync) unless every kept index is in [0, v)."""
-    ok = (index >= 0) & (index < v)
+    """Raise ``IndexError`` naming the first kept ``index`` outside ``[0, v)``, its position and ``v``.
+
+    Called once per op call, before any kernel, on both paths (the Triton kernels never see a bad index).
+    Cost: one elementwise pass over ``index`` (N integers) and, on CPU, no host synchronisation at all
+    (``nonzero`` runs on the host).  On CUDA it is one reduction plus ONE host sync per call (reading whether any
+    index is bad), never per chunk; while a CUDA graph is being captured (where a sync is not allowed) it is a
+    device-side assert instead (no sync; a bad index then aborts with CUDA's "device-side assert triggered",
+    without the value: rerun on CPU to see it)."""
+    bad = (index < 0) | (index >= v)
     if keep is not None:
-        ok = ok | ~keep
-    torch._assert_async(
-        ok.all(),
-        f"{what} out of range: every {what} must be in [0, {v}) (the vocabulary size) on rows that are not "
-        "masked or ignored; check the label shift, the ignore_index and the tokenizer's vocabulary size",
+        bad &= keep
+    if index.device.type == "cuda":
+        if torch.cuda.is_current_stream_capturing():
+            torch._assert_async(~bad.any(), f"{what} out of range: every kept {what} must be in [0, {v})")
+            return
+        if not bool(bad.any()):  # the one host sync of the call
+            return
+    pos = bad.reshape(-1).nonzero()
+    if pos.numel() == 0:
+        return
+    first = int(pos[0, 0])
+    value = int(index.reshape(-1)[first])
+    raise IndexError(
+        f"{what} {value} at (flattened) position {first} is outside [0, {v}), the vocabulary size {v}: every "
+        f"{what} must be a token id of the LM head's vocabulary on rows that are not masked or ignored "
+        f"({int(pos.shape[0])} such rows); check the label shift, the ignore_index and that the tokenizer matches "
+        "the model's vocabulary"
     )
 
 
 def lse_entropy_torch(rv: RowView, index=None, inv_t: float = 1.0, want_entropy: bool = True, max_rows=None, keep=None):
     """Chunked forward over the rows of ``rv``; ``keep`` [N] bool (or None): rows to compute.
 
-    Returns ``(logp or None, entropy or None, stats)``; ``stats`` [N, 2] holds ``(m, log_d)`` per row (see
-    :func:`chunk_lse_entropy`), all that the backward needs besides the entropy.  Rows not kept give 0.
+    Returns ``(logp or None, entropy or None, stats)``; ``stats`` [N, 3] holds ``(m, log_d, entropy)`` per row
+    (see :func:`chunk_lse_entropy`; the entropy column is 0 when ``want_entropy`` is False), all that the
+    backward needs.  ``stats`` is a separate buffer from the returned entropy, so a caller may edit the returned
+    outputs in place before the backward.  Rows not kept give 0.
     """
     n, v = rv.n, rv.v
     acc = acc_dtype(rv.x3.dtype)
     dev = rv.x3.device
-    stats = torch.empty(n, 2, dtype=acc, device=dev)
+    stats = torch.zeros(n, 3, dtype=acc, device=dev)
     ent = torch.empty(n, dtype=acc, device=dev) if want_entropy else None
     logp = torch.empty(n, dtype=acc, device=dev) if index is not None else None
     if n == 0:
         return logp, ent, stats
     if index is not None:
-        check_index_range(index, v, keep)
         safe = index if keep is None else torch.where(keep, index, torch.zeros_like(index))
     rows = chunk_rows(n, v, max_rows, device=dev)
     s_buf = torch.empty(rows, v, dtype=acc, device=dev)
@@ -189,6 +218,7 @@ def lse_entropy_torch(rv: RowView, index=None, inv_t: float = 1.0, want_entropy:
         stats[i : i + k, 1] = logd_c
         if want_entropy:
             ent[i : i + k] = ent_c
+            stats[i : i + k, 2] = ent_c
         if index is not None:
             xy = xc.gather(1, safe[i : i + k].unsqueeze(1)).squeeze(1).to(acc)
             logp[i : i + k] = (xy - m_c) * inv_t - logd_c
@@ -199,9 +229,9 @@ def lse_entropy_torch(rv: RowView, index=None, inv_t: float = 1.0, want_entropy:
     return logp, ent, stats
 
 
-def lse_entropy_grad_torch(rv: RowView, index, inv_t, stats, ent, g_lp, g_ent, out, max_rows=None, keep=None):
+def lse_entropy_grad_torch(rv: RowView, index, inv_t, stats, g_lp, g_ent, out, max_rows=None, keep=None):
     """Write ``d(sum g_lp*logp + g_ent*H)/dx`` for every row of ``rv`` into ``out`` [N, V] (chunked); rows not
-    kept get 0."""
+    kept get 0.  ``stats`` [N, 3] = ``(m, log_d, H)`` from the forward."""
     n, v = rv.n, rv.v
     if n == 0:
         return out
@@ -226,7 +256,7 @@ def lse_entropy_grad_torch(rv: RowView, index, inv_t, stats, ent, g_lp, g_ent, o
         glp_c = g_lp[i : i + k].unsqueeze(1) if g_lp is not None else None
         if g_ent is not None:
             lp.clamp_(min=_NEG_CLAMP)
-            lp.add_(ent[i : i + k].unsqueeze(1)).mul_(g_ent[i : i + k].unsqueeze(1))
+            lp.add_(stats[i : i + k, 2:3]).mul_(g_ent[i : i + k].unsqueeze(1))
             if glp_c is not None:
                 lp.add_(glp_c)
             lp.mul_(p).neg_()  # -p * (g_lp + g_H (log p + H))
@@ -286,24 +316,30 @@ if HAS_TRITON:
         if HAS_MASK:
             skip = tl.load(mask_ptr + row) == 0
         if skip:  # masked row: no read of the logits, defined (zero) outputs
-            tl.store(stats_ptr + 2 * row, 0.0)
-            tl.store(stats_ptr + 2 * row + 1, 0.0)
+            tl.store(stats_ptr + 3 * row, 0.0)
+            tl.store(stats_ptr + 3 * row + 1, 0.0)
+            tl.store(stats_ptr + 3 * row + 2, 0.0)
             tl.store(ent_ptr + row, 0.0)
             if HAS_INDEX:
                 tl.store(logp_ptr + row, 0.0)
         else:
             x_row = _row_start(x_ptr, R, stride_b, stride_r)
             cols = tl.arange(0, BLOCK)
-            m = -1.0e30  # finite start: exp(m - m') never sees (-inf) - (-inf)
+            # Start at m = -inf, not a finite sentinel: with a tiny temperature (1/T > ~3e8) the rescale
+            # (sentinel - x) / T overflowed to -inf and alpha * (shift * d) became 0 * (-inf) = NaN (issue 22,
+            # defect 5).  Guards: a row that is all -inf so far shifts by 0 (its e are all 0), and when alpha
+            # underflows to 0 the old terms are dropped as a whole (their limit e^shift * shift * d is 0).
+            m = float("-inf")
             d = 0.0
             t = 0.0
             for start in range(0, V, BLOCK):
                 offs = start + cols
                 x = tl.load(x_row + offs, mask=offs < V, other=float("-inf")).to(tl.float32)
                 m_new = tl.maximum(m, tl.max(x, axis=0))  # max of raw x; scaled shifts below
-                shift = (m - m_new) * inv_t
+                m_ref = tl.where(m_new == float("-inf"), 0.0, m_new)
+                shift = (m - m_ref) * inv_t  # -inf at the first finite block: alpha = 0 while d = t = 0
                 alpha = tl.exp(shift)
-                s = (x - m_new) * inv_t
+                s = (x - m_ref) * inv_t
                 e = tl.exp(s)
                 es = e * tl.where(e > 0.0, s, 0.0)  # masked / -inf lanes: 0 * (-inf) guarded
                 if FUSED:
@@ -311,13 +347,15 @@ if HAS_TRITON:
                 else:
                     d_blk = tl.sum(e, axis=0)
                     t_blk = tl.sum(es, axis=0)
-                t = alpha * (t + shift * d) + t_blk
+                t = tl.where(alpha > 0.0, alpha * (t + tl.where(d > 0.0, shift, 0.0) * d), 0.0) + t_blk
                 d = alpha * d + d_blk
                 m = m_new
             log_d = tl.log(d)
-            tl.store(stats_ptr + 2 * row, m)
-            tl.store(stats_ptr + 2 * row + 1, log_d)
-            tl.store(ent_ptr + row, log_d - t / d)
+            ent = log_d - t / d
+            tl.store(stats_ptr + 3 * row, m)
+            tl.store(stats_ptr + 3 * row + 1, log_d)
+            tl.store(stats_ptr + 3 * row + 2, ent)  # the backward's copy: the returned entropy may be edited
+            tl.store(ent_ptr + row, ent)
             if HAS_INDEX:
                 y = tl.load(idx_ptr + row).to(tl.int64)
                 ok = (y >= 0) & (y < V)
@@ -334,7 +372,6 @@ if HAS_TRITON:
         idx_ptr,
         mask_ptr,
         stats_ptr,
-        ent_ptr,
         glp_ptr,
         gent_ptr,
         V,
@@ -356,9 +393,9 @@ if HAS_TRITON:
                 tl.store(gx_row + offs, tl.zeros([BLOCK], dtype=gx_ptr.dtype.element_ty), mask=offs < V)
         else:
             x_row = _row_start(x_ptr, R, stride_b, stride_r)
-            m = tl.load(stats_ptr + 2 * row)
-            log_d = tl.load(stats_ptr + 2 * row + 1)
-            ent = tl.load(ent_ptr + row)
+            m = tl.load(stats_ptr + 3 * row)
+            log_d = tl.load(stats_ptr + 3 * row + 1)
+            ent = tl.load(stats_ptr + 3 * row + 2)
             glp = 0.0
             gent = 0.0
             y = -1
@@ -384,7 +421,7 @@ if HAS_TRITON:
 def lse_entropy_triton(rv: RowView, index=None, inv_t: float = 1.0, mask=None):
     n, v = rv.n, rv.v
     dev = rv.x3.device
-    stats = torch.empty(n, 2, dtype=torch.float32, device=dev)
+    stats = torch.empty(n, 3, dtype=torch.float32, device=dev)
     ent = torch.empty(n, dtype=torch.float32, device=dev)
     logp = torch.empty(n, dtype=torch.float32, device=dev) if index is not None else None
     if n == 0:
@@ -406,7 +443,7 @@ def lse_entropy_triton(rv: RowView, index=None, inv_t: float = 1.0, mask=None):
     return logp, ent, stats
 
 
-def lse_entropy_grad_triton(rv: RowView, index, inv_t, stats, ent, g_lp, g_ent, out, mask=None):
+def lse_entropy_grad_triton(rv: RowView, index, inv_t, stats, g_lp, g_ent, out, mask=None):
     n, v = rv.n, rv.v
     if n == 0:
         return out
@@ -415,12 +452,11 @@ def lse_entropy_grad_triton(rv: RowView, index, inv_t, stats, ent, g_lp, g_ent, 
         *rv.kernel_args(),
         rv.r,
         out,
-        index if index is not None else ent,
-        mask if mask is not None else ent,
+        index if index is not None else stats,
+        mask if mask is not None else stats,
         stats,
-        ent,
-        g_lp if g_lp is not None else ent,
-        g_ent if g_ent is not None else ent,
+        g_lp if g_lp is not None else stats,
+        g_ent if g_ent is not None else stats,
         v,
         float(inv_t),
     )
@@ -433,7 +469,7 @@ def lse_entropy_grad_triton(rv: RowView, index, inv_t, stats, ent, g_lp, g_ent, 
 # dispatch (also used by the hidden-state path in linear.py)
 # ----------------------------------------------------------------------------------------------------------
 def lse_entropy_forward(x, index, inv_t, backend, want_entropy=True, row_mask=None, max_rows=None):
-    """``(logp [N] or None, entropy [N], stats [N, 2])`` of ``x`` [..., V] (strided rows read in place)."""
+    """``(logp [N] or None, entropy [N] or None, stats [N, 3])`` of ``x`` [..., V] (strided rows read in place)."""
     rv = row_view(x)
     if backend == "triton":
         return lse_entropy_triton(rv, index, inv_t, row_mask)
@@ -441,13 +477,13 @@ def lse_entropy_forward(x, index, inv_t, backend, want_entropy=True, row_mask=No
     return lse_entropy_torch(rv, index, inv_t, want_entropy=want_entropy, max_rows=max_rows, keep=keep)
 
 
-def lse_entropy_backward(x, index, inv_t, stats, ent, g_lp, g_ent, out, backend, row_mask=None):
+def lse_entropy_backward(x, index, inv_t, stats, g_lp, g_ent, out, backend, row_mask=None):
     """Fill ``out`` [N, V] (contiguous) with the gradient of ``sum g_lp * logp + g_ent * H``."""
     rv = row_view(x)
     if backend == "triton":
-        return lse_entropy_grad_triton(rv, index, inv_t, stats, ent, g_lp, g_ent, out, row_mask)
+        return lse_entropy_grad_triton(rv, index, inv_t, stats, g_lp, g_ent, out, row_mask)
     keep = None if row_mask is None else row_mask.to(torch.bool)
-    return lse_entropy_grad_torch(rv, index, inv_t, stats, ent, g_lp, g_ent, out, keep=keep)
+    return lse_entropy_grad_torch(rv, index, inv_t, stats, g_lp, g_ent, out, keep=keep)
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -462,7 +498,12 @@ def _lse_entropy_op(
     max_rows: int,
     backend: str,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """``(logp [N] (empty without index), entropy [N], stats [N, 2])``; N = rows of ``logits`` [..., V]."""
+    """``(logp [N] (empty without index), entropy [N], stats [N, 3])``; N = rows of ``logits`` [..., V].
+
+    ``stats`` = (row max, log of the shifted exp-sum, entropy) is what the backward saves; the returned
+    ``logp`` and ``entropy`` are never saved, so callers may edit them in place before the backward."""
+    if index is not None:
+        check_index_range(index, logits.shape[-1], None if row_mask is None else row_mask.to(torch.bool))
     logp, ent, stats = lse_entropy_forward(logits, index, inv_t, backend, row_mask=row_mask, max_rows=max_rows or None)
     if logp is None:
         logp = ent.new_empty(0)
@@ -478,7 +519,7 @@ def _(logits, index, row_mask, inv_t, max_rows, backend):
     return (
         logits.new_empty(n if index is not None else 0, dtype=acc),
         logits.new_empty(n, dtype=acc),
-        logits.new_empty(n, 2, dtype=acc),
+        logits.new_empty(n, 3, dtype=acc),
     )
 
 
@@ -488,7 +529,6 @@ def _lse_entropy_bwd_op(
     index: Optional[torch.Tensor],
     row_mask: Optional[torch.Tensor],
     stats: torch.Tensor,
-    ent: torch.Tensor,
     g_lp: Optional[torch.Tensor],
     g_ent: Optional[torch.Tensor],
     inv_t: float,
@@ -497,30 +537,29 @@ def _lse_entropy_bwd_op(
     """Gradient w.r.t. ``logits`` (contiguous, ``logits.shape``, ``logits.dtype``)."""
     v = logits.shape[-1]
     out = torch.empty_like(logits, memory_format=torch.contiguous_format)
-    lse_entropy_backward(logits, index, inv_t, stats, ent, g_lp, g_ent, out.view(-1, v), backend, row_mask)
+    lse_entropy_backward(logits, index, inv_t, stats, g_lp, g_ent, out.view(-1, v), backend, row_mask)
     return out
 
 
 @_lse_entropy_bwd_op.register_fake
-def _(logits, index, row_mask, stats, ent, g_lp, g_ent, inv_t, backend):
+def _(logits, index, row_mask, stats, g_lp, g_ent, inv_t, backend):
     return torch.empty_like(logits, memory_format=torch.contiguous_format)
 
 
 def _lse_entropy_setup(ctx, inputs, output):
     ctx.set_materialize_grads(False)  # an unused output's gradient stays None (no zero-filled extra term)
     logits, index, row_mask, inv_t, _max_rows, backend = inputs
-    _logp, ent, stats = output
-    ctx.save_for_backward(logits, index, row_mask, stats, ent)
+    ctx.save_for_backward(logits, index, row_mask, output[2])  # stats only: logp / entropy may be edited in place
     ctx.inv_t, ctx.backend = inv_t, backend
 
 
 def _lse_entropy_grad(ctx, g_logp, g_ent, _g_stats):
-    logits, index, row_mask, stats, ent = ctx.saved_tensors
+    logits, index, row_mask, stats = ctx.saved_tensors
     if not ctx.needs_input_grad[0] or (g_logp is None and g_ent is None):
         return None, None, None, None, None, None
     g_logp = g_logp.contiguous().to(stats.dtype) if (g_logp is not None and index is not None) else None
     g_ent = g_ent.contiguous().to(stats.dtype) if g_ent is not None else None
-    gx = _lse_entropy_bwd_op(logits, index, row_mask, stats, ent, g_logp, g_ent, ctx.inv_t, ctx.backend)
+    gx = _lse_entropy_bwd_op(logits, index, row_mask, stats, g_logp, g_ent, ctx.inv_t, ctx.backend)
     return gx, None, None, None, None, None
 
 
@@ -563,8 +602,7 @@ def selective_log_softmax_and_entropy(
     Differentiable with respect to ``logits`` through both outputs.  ``index`` has shape ``logits.shape[:-1]``.
     ``row_mask`` (optional, same shape as ``index``): rows where it is 0 are skipped inside the kernel (never
     read, 0 for both outputs, 0 gradient) and may carry any index (e.g. -100).  An index outside
-    ``[0, V)`` on a kept row raises on the torch path and gives NaN (and no gradient) on the Triton path,
-    which cannot raise without a host sync.  ``entropy_requires_grad=False`` returns a detached entropy (TRL's
+    ``[0, V)`` on a kept row raises ``IndexError`` on both paths.  ``entropy_requires_grad=False`` returns a detached entropy (TRL's
     keyword; keyword-only here because TRL has it in third position while this signature keeps
     ``temperature`` third).  float64 logits give float64 outputs (torch path).
     """
@@ -572,6 +610,7 @@ def selective_log_softmax_and_entropy(
     lead = logits.shape[:-1]
     if index.shape != lead:
         raise ValueError(f"index shape {tuple(index.shape)} must equal logits.shape[:-1] = {tuple(lead)}")
+    check_same_device(logits=logits, index=index, row_mask=row_mask)
     backend = backend_for(logits)
     logp, ent, _ = _lse_entropy_op(logits, _flat_index(index), _flat_mask(row_mask, lead), inv_t, 0, backend)
     logp, ent = logp.view(lead), ent.view(lead)
@@ -610,6 +649,7 @@ def selective_log_softmax(
     if index.ndim == logits.ndim - 1:
         if index.shape != lead:
             raise ValueError(f"index shape {tuple(index.shape)} must equal logits.shape[:-1] = {tuple(lead)}")
+        check_same_device(logits=logits, index=index, row_mask=row_mask)
         backend = backend_for(logits)
         logp, _, _ = _lse_entropy_op(logits, _flat_index(index), _flat_mask(row_mask, lead), inv_t, 0, backend)
         return logp.view(lead).to(logits.dtype)

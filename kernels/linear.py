@@ -7,8 +7,10 @@
 
 Peak extra memory is O(chunk x V) (one or two logits chunks, their gradient chunk, and the row kernels'
 scratch), never O(N x V).  The forward keeps only per-token statistics (lse, entropy); the backward
-recomputes each chunk's logits from ``hidden`` and ``weight`` and accumulates ``grad_weight`` with
-``addmm`` (in the weight's dtype, as Liger does) and ``grad_hidden`` chunk by chunk.
+recomputes each chunk's logits from ``hidden`` and ``weight`` and accumulates ``grad_weight`` (and
+``grad_bias``) across chunks in ``accum_dtype`` (float32 by default, like TRL 1.16's fused head and Liger's
+``accum_dtype=torch.float32``; rounded once to the weight's dtype at the end), ``grad_hidden`` chunk by chunk.
+The float32 accumulator costs one weight-sized float32 buffer during the backward.
 
 ZeRO-3: ``weight`` may be a partitioned parameter that the caller gathered for the call.  Nothing derived
 from it (transposes, casts, views) is kept after the call; the backward reads ``weight`` as it is at
@@ -24,7 +26,8 @@ import torch
 import torch.nn.functional as F
 
 from ._dispatch import backend_for
-from .entropy import _check_temperature, _flat_index, lse_entropy_backward, lse_entropy_forward
+from ._launch import check_same_device
+from .entropy import _check_temperature, _flat_index, check_index_range, lse_entropy_backward, lse_entropy_forward
 from .mixed_ce import (
     AUX_FIELDS,
     _check_flags,
@@ -88,6 +91,39 @@ def _token_chunk(chunk_size: int, n: int, vocab: int, device) -> int:
     return int(chunk_size) if chunk_size else default_token_chunk(n, vocab, device)
 
 
+def check_accum_dtype(accum_dtype) -> torch.dtype:
+    if not isinstance(accum_dtype, torch.dtype) or not accum_dtype.is_floating_point:
+        raise TypeError(f"accum_dtype must be a floating torch.dtype (default torch.float32), got {accum_dtype!r}")
+    return accum_dtype
+
+
+def accumulator_dtype(weight: torch.Tensor, accum_dtype: torch.dtype) -> torch.dtype:
+    """The dtype ``grad_weight`` (and ``grad_bias``) is summed in across token chunks: ``accum_dtype``, or the
+    weight's dtype when that is wider (float64 weights stay float64)."""
+    return torch.promote_types(weight.dtype, accum_dtype)
+
+
+def addmm_acc(acc: torch.Tensor, a: torch.Tensor, b: torch.Tensor) -> None:
+    """``acc += a @ b`` with the product formed in ``acc``'s dtype, never rounded to ``a``'s dtype first.
+
+    Why: rounding each chunk's ``[V, H]`` product to bf16 (unit roundoff u = 2^-8) and summing K of them in bf16
+    adds a rounding of the running sum per chunk, an error that grows like sqrt(K) u; the float32 sum of exact
+    products only adds float32 roundings (2^-24 each).  On CUDA with bf16/fp16 inputs the GEMM writes float32
+    directly (``out_dtype``, tensor cores kept); elsewhere the inputs are cast (a chunk-sized copy)."""
+    if a.dtype == acc.dtype and b.dtype == acc.dtype:
+        acc.addmm_(a, b)
+    elif acc.is_cuda and acc.dtype == torch.float32 and a.dtype in (torch.float16, torch.bfloat16) and a.dtype == b.dtype:
+        torch.addmm(acc, a, b, out_dtype=torch.float32, out=acc)
+    else:
+        acc.addmm_(a.to(acc.dtype), b.to(acc.dtype))
+
+
+def _fresh(t: torch.Tensor) -> torch.Tensor:
+    """A new contiguous tensor of ``t``'s shape, dtype and device: every gradient the backward ops return, real
+    and fake alike (``empty_like`` would copy a transposed input's strides in the real op only)."""
+    return torch.empty(t.shape, dtype=t.dtype, device=t.device)
+
+
 def _placeholder(t: torch.Tensor) -> torch.Tensor:
     """An empty tensor standing for 'no gradient' (custom ops return tensors only)."""
     return t.new_empty(0)
@@ -137,13 +173,15 @@ def _linear_lse_op(
     inv_t: float,
     chunk_size: int,
     dtype: torch.dtype,
+    accum_dtype: torch.dtype,
     backend: str,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    check_index_range(index, weight.shape[0])  # once per call, before any chunk
     n = hidden.shape[0]
     dev = hidden.device
     logp = torch.empty(n, dtype=torch.float32, device=dev)
     ent = torch.empty(n, dtype=torch.float32, device=dev)
-    stats = torch.empty(n, 2, dtype=torch.float32, device=dev)
+    stats = torch.empty(n, 3, dtype=torch.float32, device=dev)
     chunk = _token_chunk(chunk_size, n, weight.shape[0], dev)
     w, b = _cast(weight, dtype), _cast(bias, dtype)
     for i in range(0, n, chunk):
@@ -156,10 +194,10 @@ def _linear_lse_op(
 
 
 @_linear_lse_op.register_fake
-def _(hidden, weight, bias, index, inv_t, chunk_size, dtype, backend):
+def _(hidden, weight, bias, index, inv_t, chunk_size, dtype, accum_dtype, backend):
     n = hidden.shape[0]
     return hidden.new_empty(n, dtype=torch.float32), hidden.new_empty(n, dtype=torch.float32), hidden.new_empty(
-        n, 2, dtype=torch.float32
+        n, 3, dtype=torch.float32
     )
 
 
@@ -170,12 +208,12 @@ def _linear_lse_bwd_op(
     bias: Optional[torch.Tensor],
     index: torch.Tensor,
     stats: torch.Tensor,
-    ent: torch.Tensor,
     g_lp: Optional[torch.Tensor],
     g_ent: Optional[torch.Tensor],
     inv_t: float,
     chunk_size: int,
     dtype: torch.dtype,
+    accum_dtype: torch.dtype,
     need_hidden: bool,
     need_weight: bool,
     need_bias: bool,
@@ -183,9 +221,10 @@ def _linear_lse_bwd_op(
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     _require_gathered(weight, "weight")
     need_bias = need_bias and bias is not None
-    grad_h = torch.empty_like(hidden) if need_hidden else _placeholder(hidden)
-    grad_w = torch.zeros_like(weight, memory_format=torch.contiguous_format) if need_weight else _placeholder(weight)
-    grad_b = torch.zeros(weight.shape[0], dtype=torch.float32, device=weight.device) if need_bias else None
+    acc = accumulator_dtype(weight, accum_dtype)
+    grad_h = _fresh(hidden) if need_hidden else _placeholder(hidden)
+    grad_w = torch.zeros(weight.shape, dtype=acc, device=weight.device) if need_weight else None
+    grad_b = torch.zeros(weight.shape[0], dtype=acc, device=weight.device) if need_bias else None
     n = hidden.shape[0]
     chunk = _token_chunk(chunk_size, n, weight.shape[0], hidden.device)
     w_dt, b_dt = _cast(weight, dtype), _cast(bias, dtype)
@@ -199,7 +238,6 @@ def _linear_lse_bwd_op(
             index[i : i + k],
             inv_t,
             stats[i : i + k],
-            ent[i : i + k],
             g_lp[i : i + k] if g_lp is not None else None,
             g_ent[i : i + k] if g_ent is not None else None,
             gl,
@@ -209,44 +247,45 @@ def _linear_lse_bwd_op(
         if need_hidden:
             grad_h[i : i + k] = gl @ w_dt
         if need_weight:
-            grad_w.addmm_(_cast(gl, grad_w.dtype).T, _cast(h_c, grad_w.dtype))
+            addmm_acc(grad_w, gl.T, h_c)
         if need_bias:
-            grad_b += gl.float().sum(0)
+            grad_b += gl.sum(0, dtype=acc)
         del gl
     del w_dt, b_dt
+    grad_w = grad_w.to(weight.dtype) if need_weight else _placeholder(weight)  # one rounding, at the end
     grad_b = grad_b.to(bias.dtype) if need_bias else _placeholder(weight)
     return grad_h, grad_w, grad_b
 
 
 @_linear_lse_bwd_op.register_fake
-def _(hidden, weight, bias, index, stats, ent, g_lp, g_ent, inv_t, chunk_size, dtype, need_h, need_w, need_b, backend):
+def _(hidden, weight, bias, index, stats, g_lp, g_ent, inv_t, chunk_size, dtype, accum_dtype, need_h, need_w, need_b, backend):
     gb = bias.new_empty(bias.shape) if (need_b and bias is not None) else weight.new_empty(0)
-    gh = torch.empty_like(hidden) if need_h else hidden.new_empty(0)
-    gw = torch.empty_like(weight, memory_format=torch.contiguous_format) if need_w else weight.new_empty(0)
+    gh = _fresh(hidden) if need_h else hidden.new_empty(0)
+    gw = _fresh(weight) if need_w else weight.new_empty(0)
     return gh, gw, gb
 
 
 def _linear_lse_setup(ctx, inputs, output):
     ctx.set_materialize_grads(False)  # an unused output's gradient stays None (no zero-filled extra term)
-    hidden, weight, bias, index, inv_t, chunk_size, dtype, backend = inputs
-    _, ent, stats = output
-    ctx.save_for_backward(hidden, weight, bias, index, stats, ent)
-    ctx.args = (inv_t, chunk_size, dtype)
+    hidden, weight, bias, index, inv_t, chunk_size, dtype, accum_dtype, backend = inputs
+    ctx.save_for_backward(hidden, weight, bias, index, output[2])  # not logp / entropy: callers may edit those
+    ctx.args = (inv_t, chunk_size, dtype, accum_dtype)
     ctx.backend = backend
 
 
 def _linear_lse_grad(ctx, g_lp, g_ent, _g_stats):
-    hidden, weight, bias, index, stats, ent = ctx.saved_tensors
+    hidden, weight, bias, index, stats = ctx.saved_tensors
     need_h, need_w, need_b = ctx.needs_input_grad[:3]
     if (g_lp is None and g_ent is None) or not (need_h or need_w or need_b):
-        return (None,) * 8
+        return (None,) * 9
     g_lp = g_lp.contiguous().float() if g_lp is not None else None
     g_ent = g_ent.contiguous().float() if g_ent is not None else None
-    inv_t, chunk_size, dtype = ctx.args
+    inv_t, chunk_size, dtype, accum_dtype = ctx.args
     gh, gw, gb = _linear_lse_bwd_op(
-        hidden, weight, bias, index, stats, ent, g_lp, g_ent, inv_t, chunk_size, dtype, need_h, need_w, need_b, ctx.backend
+        hidden, weight, bias, index, stats, g_lp, g_ent, inv_t, chunk_size, dtype, accum_dtype, need_h, need_w, need_b,
+        ctx.backend,
     )
-    return (gh if need_h else None), (gw if need_w else None), (gb if need_b else None), None, None, None, None, None
+    return (gh if need_h else None), (gw if need_w else None), (gb if need_b else None), *([None] * 6)
 
 
 torch.library.register_autograd("weakstrong::linear_lse_entropy", _linear_lse_grad, setup_context=_linear_lse_setup)
@@ -259,21 +298,29 @@ def linear_selective_log_softmax_and_entropy(
     bias: torch.Tensor | None = None,
     temperature: float = 1.0,
     chunk_size: int | None = None,
+    *,
+    accum_dtype: torch.dtype = torch.float32,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """``selective_log_softmax_and_entropy(hidden @ weight.T + bias, index, temperature)`` without the full logits.
 
     ``hidden``: ``[..., H]``; ``weight``: ``[V, H]``; ``index``: ``[...]``.  Returns float32 ``(logps, entropy)``
     of shape ``index.shape``, differentiable w.r.t. ``hidden``, ``weight`` and ``bias``.  ``chunk_size``: tokens
-    per chunk (default: about 16M logits per chunk on CPU, 128M on CUDA).
+    per chunk (default: about 16M logits per chunk on CPU, 128M on CUDA).  ``accum_dtype``: the dtype the
+    weight and bias gradients are summed in across chunks (float32 by default, rounded once to the weight's
+    dtype at the end; ``torch.bfloat16`` reproduces a bf16 running sum, whose error grows with the chunk count).
     """
+    check_accum_dtype(accum_dtype)
     inv_t = _check_temperature(temperature)
     lead = hidden.shape[:-1]
     if index.shape != lead:
         raise ValueError(f"index shape {tuple(index.shape)} must equal hidden.shape[:-1] = {tuple(lead)}")
     h2d = hidden.reshape(-1, hidden.shape[-1])
+    check_same_device(hidden=hidden, weight=weight, index=index, bias=bias)
     backend = backend_for(h2d, weight)
     dtype = compute_dtype(h2d, weight)
-    logp, ent, _ = _linear_lse_op(h2d, weight, bias, _flat_index(index), inv_t, int(chunk_size or 0), dtype, backend)
+    logp, ent, _ = _linear_lse_op(
+        h2d, weight, bias, _flat_index(index), inv_t, int(chunk_size or 0), dtype, accum_dtype, backend
+    )
     return logp.view(lead), ent.view(lead)
 
 
@@ -293,8 +340,10 @@ def _linear_mixed_op(
     chunk_size: int,
     strong_dtype: torch.dtype,
     weak_dtype: torch.dtype,
+    accum_dtype: torch.dtype,
     backend: str,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    check_index_range(labels, sw.shape[0], labels != ignore_index, what="label")  # once per call
     n = sh.shape[0]
     dev = sh.device
     loss = torch.empty(n, dtype=torch.float32, device=dev)
@@ -321,7 +370,7 @@ def _linear_mixed_op(
 
 
 @_linear_mixed_op.register_fake
-def _(sh, sw, wh, ww, labels, lam, ignore_index, want_stats, chunk_size, strong_dtype, weak_dtype, backend):
+def _(sh, sw, wh, ww, labels, lam, ignore_index, want_stats, chunk_size, strong_dtype, weak_dtype, accum_dtype, backend):
     n = sh.shape[0]
     f32 = torch.float32
     return sh.new_empty(n, dtype=f32), sh.new_empty(n, 2, dtype=f32), sh.new_empty(n if want_stats else 0, 4, dtype=f32)
@@ -341,18 +390,28 @@ def _linear_mixed_bwd_op(
     chunk_size: int,
     strong_dtype: torch.dtype,
     weak_dtype: torch.dtype,
+    accum_dtype: torch.dtype,
     needs: list[bool],
     backend: str,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     need_sh, need_sw, need_wh, need_ww = needs
     need_a = (need_sh or need_sw) and lam != 0.0
     need_b = (need_wh or need_ww) and lam != 1.0
-    g_sh = torch.zeros_like(sh) if need_sh else _placeholder(sh)
-    g_sw = torch.zeros_like(sw, memory_format=torch.contiguous_format) if need_sw else _placeholder(sw)
-    g_wh = torch.zeros_like(wh) if need_wh else _placeholder(wh)
-    g_ww = torch.zeros_like(ww, memory_format=torch.contiguous_format) if need_ww else _placeholder(ww)
+    g_sh = _fresh(sh).zero_() if need_sh else _placeholder(sh)
+    g_sw = torch.zeros(sw.shape, dtype=accumulator_dtype(sw, accum_dtype), device=sw.device) if need_sw else None
+    g_wh = _fresh(wh).zero_() if need_wh else _placeholder(wh)
+    g_ww = torch.zeros(ww.shape, dtype=accumulator_dtype(ww, accum_dtype), device=ww.device) if need_ww else None
+
+    def _finish():
+        return (
+            g_sh,
+            g_sw.to(sw.dtype) if need_sw else _placeholder(sw),  # one rounding, at the end
+            g_wh,
+            g_ww.to(ww.dtype) if need_ww else _placeholder(ww),
+        )
+
     if not (need_a or need_b):
-        return g_sh, g_sw, g_wh, g_ww
+        return _finish()
     if lam != 0.0:
         _require_gathered(sw, "strong_weight")
     if lam != 1.0:
@@ -375,29 +434,30 @@ def _linear_mixed_bwd_op(
         if need_a and need_sh:
             g_sh[i : i + k] = (ga @ sw_dt).to(g_sh.dtype)
         if need_a and need_sw:
-            g_sw.addmm_(ga.T.to(g_sw.dtype), sh_c.to(g_sw.dtype))
+            addmm_acc(g_sw, ga.T, sh_c)
         if need_b and need_wh:
             g_wh[i : i + k] = (gb @ ww_dt).to(g_wh.dtype)
         if need_b and need_ww:
-            g_ww.addmm_(gb.T.to(g_ww.dtype), wh_c.to(g_ww.dtype))
+            addmm_acc(g_ww, gb.T, wh_c)
         del ga, gb
     del sw_dt, ww_dt
-    return g_sh, g_sw, g_wh, g_ww
+    return _finish()
 
 
 @_linear_mixed_bwd_op.register_fake
-def _(sh, sw, wh, ww, labels, stats, g_rows, lam, ignore_index, chunk_size, strong_dtype, weak_dtype, needs, backend):
+def _(sh, sw, wh, ww, labels, stats, g_rows, lam, ignore_index, chunk_size, strong_dtype, weak_dtype, accum_dtype, needs,
+      backend):
     outs = []
     for t, need in zip((sh, sw, wh, ww), needs):
-        outs.append(torch.empty_like(t, memory_format=torch.contiguous_format) if need else t.new_empty(0))
+        outs.append(_fresh(t) if need else t.new_empty(0))
     return tuple(outs)
 
 
 def _linear_mixed_setup(ctx, inputs, output):
     ctx.set_materialize_grads(False)  # an unused output's gradient stays None (no zero-filled extra term)
-    sh, sw, wh, ww, labels, lam, ignore_index, _want, chunk_size, sdt, wdt, backend = inputs
+    sh, sw, wh, ww, labels, lam, ignore_index, _want, chunk_size, sdt, wdt, accum_dtype, backend = inputs
     ctx.save_for_backward(sh, sw, wh, ww, labels, output[1])
-    ctx.args = (lam, ignore_index, chunk_size, sdt, wdt)
+    ctx.args = (lam, ignore_index, chunk_size, sdt, wdt, accum_dtype)
     ctx.backend = backend
 
 
@@ -405,12 +465,13 @@ def _linear_mixed_grad(ctx, g_loss, _g_stats, _g_aux):
     sh, sw, wh, ww, labels, stats = ctx.saved_tensors
     needs = [bool(x) for x in ctx.needs_input_grad[:4]]
     if g_loss is None or not any(needs):
-        return (None,) * 12
-    lam, ignore_index, chunk_size, sdt, wdt = ctx.args
+        return (None,) * 13
+    lam, ignore_index, chunk_size, sdt, wdt, accum_dtype = ctx.args
     grads = _linear_mixed_bwd_op(
-        sh, sw, wh, ww, labels, stats, g_loss.contiguous().float(), lam, ignore_index, chunk_size, sdt, wdt, needs, ctx.backend
+        sh, sw, wh, ww, labels, stats, g_loss.contiguous().float(), lam, ignore_index, chunk_size, sdt, wdt, accum_dtype,
+        needs, ctx.backend,
     )
-    return tuple(g if need else None for g, need in zip(grads, needs)) + (None,) * 8
+    return tuple(g if need else None for g, need in zip(grads, needs)) + (None,) * 9
 
 
 torch.library.register_autograd("weakstrong::linear_mixed_ce", _linear_mixed_grad, setup_context=_linear_mixed_setup)
@@ -428,6 +489,8 @@ def linear_mixed_cross_entropy(
     return_entropies: bool = False,
     chunk_size: int | None = None,
     return_stats: bool = False,
+    *,
+    accum_dtype: torch.dtype = torch.float32,
 ):
     """:func:`mixed_cross_entropy` of ``strong_hidden @ strong_weight.T`` and ``weak_hidden @ weak_weight.T``.
 
@@ -435,8 +498,9 @@ def linear_mixed_cross_entropy(
     ``weak_weight``: ``[V, Hw]`` (hidden sizes may differ, vocabularies must match), ``labels``: ``[...]``.
     Same reductions and return values as :func:`mixed_cross_entropy` (float32 loss), including
     ``return_stats=True`` -> ``(loss, MixedCEStats)`` (strong/weak entropy and NLL from the same matmuls).
-    ``chunk_size``: tokens per chunk.
+    ``chunk_size``: tokens per chunk.  ``accum_dtype``: as in :func:`linear_selective_log_softmax_and_entropy`.
     """
+    check_accum_dtype(accum_dtype)
     _check_flags(return_entropies, return_stats)
     check_mixed_args(lam, reduction)
     lam = float(lam)
@@ -448,10 +512,15 @@ def linear_mixed_cross_entropy(
     sh = strong_hidden.reshape(-1, strong_hidden.shape[-1])
     wh = weak_hidden.reshape(-1, weak_hidden.shape[-1])
     y = flat_labels(labels)
+    check_same_device(
+        strong_hidden=strong_hidden, strong_weight=strong_weight, weak_hidden=weak_hidden, weak_weight=weak_weight,
+        labels=labels,
+    )
     backend = backend_for(sh, strong_weight, wh, weak_weight)
     want = bool(return_entropies or return_stats)
     sdt, wdt = compute_dtype(sh, strong_weight), compute_dtype(wh, weak_weight)
     per_token, _, aux = _linear_mixed_op(
-        sh, strong_weight, wh, weak_weight, y, lam, int(ignore_index), want, int(chunk_size or 0), sdt, wdt, backend
+        sh, strong_weight, wh, weak_weight, y, lam, int(ignore_index), want, int(chunk_size or 0), sdt, wdt, accum_dtype,
+        backend,
     )
     return finish_mixed(per_token, aux.detach(), y != ignore_index, lead, reduction, return_entropies, return_stats)

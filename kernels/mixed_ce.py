@@ -15,7 +15,7 @@ the torch path), shape ``labels.shape``, detached (never differentiable), and ex
 an error.
 
 Rows with ``ignore_index`` are skipped inside the kernels (never read, loss and statistics 0, gradient 0); a
-target outside ``[0, V)`` raises on the torch path and gives NaN (no gradient) on the Triton path.  Strided
+target outside ``[0, V)`` that is not ``ignore_index`` raises ``IndexError`` on both paths.  Strided
 ``[..., V]`` views are read in place.  The op is the ``torch.library`` custom op
 ``torch.ops.weakstrong.mixed_ce`` (fake implementation registered: ``torch.compile(fullgraph=True)`` traces it
 as one node).  On a GPU the statistics pass merges its reductions (three maxima in one tuple ``tl.reduce``, then
@@ -34,7 +34,7 @@ from typing import NamedTuple
 import torch
 
 from ._dispatch import HAS_TRITON, backend_for
-from ._launch import RowView, block_config, fused_reduce, launch, row_chunks, row_view
+from ._launch import RowView, block_config, check_same_device, fused_reduce, launch, row_chunks, row_view
 from .entropy import acc_dtype, check_index_range, chunk_lse_entropy, chunk_rows
 
 if HAS_TRITON:
@@ -143,7 +143,7 @@ def mixed_ce_torch(ra: RowView, rb: RowView, labels, lam, ignore_index, want_sta
     """Returns (per-token loss [N] (0 at ignored), stats [N, 2] = (max z, log sum e^{z - max}), aux).
 
     ``aux`` is [N, 4] (columns AUX_FIELDS, 0 at ignored rows) when ``want_stats``, else an empty [0, 4].
-    A target outside ``[0, V)`` that is not ``ignore_index`` raises (device assert on CUDA, no host sync).
+    Targets are checked by the op that calls this (:func:`check_index_range`, once per call).
     """
     n, v = ra.n, ra.v
     acc = _mixed_acc(ra.x3.dtype, rb.x3.dtype)
@@ -154,7 +154,6 @@ def mixed_ce_torch(ra: RowView, rb: RowView, labels, lam, ignore_index, want_sta
     if n == 0:
         return loss, stats, aux
     valid = labels != ignore_index
-    check_index_range(labels, v, valid, what="label")
     safe = torch.where(valid, labels, torch.zeros_like(labels))
     rows = chunk_rows(n, v, max_rows, device=dev)
     z_buf = torch.empty(rows, v, dtype=acc, device=dev)
@@ -523,6 +522,7 @@ def _mixed_ce_op(
     backend: str,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """``(per-token loss [N], stats [N, 2], aux [N, 4] or [0, 4])``."""
+    check_index_range(labels, strong_logits.shape[-1], labels != ignore_index, what="label")
     return mixed_ce_forward(strong_logits, weak_logits, labels, lam, ignore_index, want_stats, backend)
 
 
@@ -635,8 +635,7 @@ def mixed_cross_entropy(
         strong_logits, weak_logits: ``[..., V]`` (same shape; dtypes may differ; batch/row-strided views such as
             ``logits[:, :-1]`` or a vocab-padded ``[..., :V]`` are read in place, not copied).
         labels: ``[...]`` integer targets, already aligned with the logits (the caller shifts).  A target outside
-            ``[0, V)`` that is not ``ignore_index`` raises on the torch path and gives a NaN loss (zero
-            gradient) on the Triton path, which cannot raise without a host sync.
+            ``[0, V)`` that is not ``ignore_index`` raises ``IndexError`` (value, position, V) on both paths.
         lam: mixing weight in [0, 1]; ``lam = 1`` is ordinary cross entropy of ``strong_logits``.
         ignore_index: tokens with this label contribute 0 loss and 0 gradient; the kernels never read their rows.
         reduction: ``"mean"`` (over non-ignored tokens, 0 when all are ignored), ``"sum"``, or ``"none"``
@@ -659,6 +658,7 @@ def mixed_cross_entropy(
     if labels.shape != lead:
         raise ValueError(f"labels shape {tuple(labels.shape)} must equal logits.shape[:-1] = {tuple(lead)}")
     y = flat_labels(labels)
+    check_same_device(strong_logits=strong_logits, weak_logits=weak_logits, labels=labels)
     backend = backend_for(strong_logits, weak_logits)
     want = bool(return_entropies or return_stats)
     per_token, _, aux = _mixed_ce_op(strong_logits, weak_logits, y, lam, int(ignore_index), want, backend)

@@ -132,3 +132,24 @@ def test_empty_rows(backend):
     x = torch.randn(0, 41, requires_grad=True)
     lp, h = selective_log_softmax_and_entropy(x, torch.zeros(0, dtype=torch.long))
     assert lp.shape == (0,) and h.shape == (0,)
+
+
+@pytest.mark.parametrize("temperature", [3e-9, 1e-9, 1e-12, 1e-25])
+def test_tiny_temperatures(backend, mk, temperature):
+    """Defect 5: below T ~ 3e-9 the Triton forward gave NaN (running max started at -1e30, (-inf) * 0).  Both
+    paths against float64: log-probs of order -1/T (relative tolerance), entropy ~0, gradients of order 1/T."""
+    x64 = mk.logits("spike", (2, 3, 1029), seed=4)
+    x64[..., 5] = float("-inf")
+    idx = mk.targets(x64)
+    idx[0, 0] = int(x64[0, 0].argmax())  # a target at the max (log-prob 0) beside ones far below it
+    x = x64.float().requires_grad_()
+    xr = x.detach().double().requires_grad_()
+    lp, ent = selective_log_softmax_and_entropy(x, idx, temperature=temperature)
+    rlp, rent = selective_log_softmax_and_entropy_reference(xr, idx, temperature)
+    assert torch.isfinite(lp).all() and torch.isfinite(ent).all()
+    _close(lp, rlp, 1e-6, 1e-5)
+    _close(ent, rent, 1e-6)
+    (gx,) = torch.autograd.grad(lp.sum() + ent.sum(), x)
+    (gr,) = torch.autograd.grad(rlp.sum() + rent.sum(), xr)
+    assert torch.isfinite(gx).all()
+    _close(gx, gr, 1e-6 / temperature, 1e-5)
