@@ -60,19 +60,27 @@ def fused_reduce() -> bool:
     return FORCE_FUSED_REDUCE or not interpreting()
 
 
-def gpu_block_config(v: int) -> tuple[int, int]:
-    """(BLOCK, num_warps) that a GPU launch uses for rows of ``v`` columns."""
+def gpu_block_config(v: int, streams: int = 1) -> tuple[int, int]:
+    """(BLOCK, num_warps) that a GPU launch uses for rows of ``v`` columns.
+
+    ``streams``: rows read per program at once (2 for the mixed kernels: the strong and the weak logits).  With
+    several streams the block shrinks and the warps stay, so each thread holds as many loaded elements per
+    iteration, all streams together, as a one-stream kernel: 16 per thread at 16 warps.  At BLOCK = 8192 the
+    two-stream mixed forward with statistics used 127 of the 128 registers 16 warps allow (R = 1, fp32,
+    V = 50,257; kernels/compile_gate.py fails on that)."""
     block = min(8192, next_power_of_2(max(16, v)))
     warps = 4 if block <= 1024 else (8 if block <= 4096 else 16)
+    if streams > 1 and block > 1024:
+        block = max(1024, block // next_power_of_2(streams))
     return block, warps
 
 
-def block_config(v: int) -> tuple[int, int]:
+def block_config(v: int, streams: int = 1) -> tuple[int, int]:
     """(BLOCK, num_warps) for a launch over rows of ``v`` columns (small blocks under the interpreter)."""
     if interpreting() and not FORCE_GPU_CONFIG:
         block = min(1024, next_power_of_2(max(16, v)))
         return block, 4
-    return gpu_block_config(v)
+    return gpu_block_config(v, streams)
 
 
 def chunk_elements(device: torch.device, cpu_budget: int = CPU_CHUNK_ELEMENTS) -> int:
