@@ -249,9 +249,10 @@ def test_exact_pass_at_k_equals_sampling():
         for k in (1, 4, 16):
             est = pass_at_k_unbiased(n, c, k)
             exact = res[pass_key(k, t)]
-            # per problem, Var(U-statistic of order k over n samples) <= (k/n)·q(1-q) with q its mean (Hoeffding);
-            # q is estimated by the exact value here, summed over the independent problems
-            q = pass_at_k_exact(np.clip(c / n, 0, 1), k)  # a per-problem q for the bound (exact per-problem p unknown)
+            # per problem, Var(U-statistic of order k over n samples) <= (k/n)·q(1-q), q = its mean (Hoeffding);
+            # q from the sampled share c/n, q(1-q) floored at 1/n (a problem with c = 0 or n still counts); the
+            # problems are independent, so the variances of the mean over problems add up
+            q = pass_at_k_exact(c / n, k)
             se = np.sqrt(np.sum(k / n * np.maximum(q * (1 - q), 1 / n))) / len(enc)
             assert abs(est.mean() - exact) <= 5 * se, (t, k, est.mean(), exact, se)
     assert res[pass_key(1, 1.0)] <= res[pass_key(4, 1.0)] <= res[pass_key(16, 1.0)]
