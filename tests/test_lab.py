@@ -200,3 +200,132 @@ def test_lab_refuses_a_tokenizer_that_merges_digits(tiny_llama_dir, tmp_path):
 
     with pytest.raises(ValueError, match="each digit, '\\+' and '=' as one token"):
         lab_data(LabConfig(model=str(tiny_llama_dir), n_train=32, n_test=200), 0)
+
+
+# ------------------------------------------------------------------ the reviewers' controls (issue 23)
+
+
+def _few_steps(model, task, tok, train, steps=40, seed=0):
+    """A few Adam steps, so that the model gets some answers (partly) right."""
+    opt = torch.optim.Adam(model.parameters(), lr=3e-3)
+    data = encode(task, tok, train).input_ids
+    gen = torch.Generator().manual_seed(seed)
+    for _ in range(steps):
+        batch = data[torch.randint(0, len(data), (64,), generator=gen)]
+        labels = batch.clone()
+        labels[:, : task.prompt_len] = -100
+        model(input_ids=batch, labels=labels).loss.backward()
+        opt.step()
+        opt.zero_grad()
+    return model.eval()
+
+
+def test_pass_at_k_unbiased_estimator_by_hand():
+    from math import comb
+
+    from benchmarks.methods.lab.scoring import pass_at_k_exact, pass_at_k_unbiased
+
+    n = 16
+    for c in range(n + 1):
+        for k in (1, 4, 16):
+            want = 1 - comb(n - c, k) / comb(n, k)
+            assert pass_at_k_unbiased(n, [c], k)[0] == pytest.approx(want, abs=1e-12)
+    assert pass_at_k_exact([0.0, 0.5, 1.0], 2).tolist() == [0.0, 0.75, 1.0]
+    with pytest.raises(ValueError, match="at least k samples"):
+        pass_at_k_unbiased(4, [1], 16)
+
+
+def test_exact_pass_at_k_equals_sampling():
+    """The scorer's pass@k (1 - (1-p)^k with p from one teacher-forced pass) is what the unbiased estimator over real
+    samples converges to: they agree within 5 standard errors of the sampled estimate."""
+    from benchmarks.methods.lab.scoring import pass_at_k_exact, pass_at_k_unbiased, pass_key, sample_correct
+
+    task, tok = AdditionTask(2), char_tokenizer()
+    train, test = task.split(512, 96, seed=0, test_seed=0)
+    model = _few_steps(lab_model(tok, seed=0), task, tok, train, steps=60)
+    enc = encode(task, tok, test)
+    res = score(model, enc)
+    n = 32
+    for t in (1.0, 0.6):
+        c = sample_correct(model, enc, n=n, temperature=t, seed=1)
+        assert 0 < c.sum() < n * len(enc)  # not vacuous: some samples right, some wrong
+        for k in (1, 4, 16):
+            est = pass_at_k_unbiased(n, c, k)
+            exact = res[pass_key(k, t)]
+            # per problem, Var(U-statistic of order k over n samples) <= (k/n)·q(1-q), q = its mean (Hoeffding);
+            # q from the sampled share c/n, q(1-q) floored at 1/n (a problem with c = 0 or n still counts); the
+            # problems are independent, so the variances of the mean over problems add up
+            q = pass_at_k_exact(c / n, k)
+            se = np.sqrt(np.sum(k / n * np.maximum(q * (1 - q), 1 / n))) / len(enc)
+            assert abs(est.mean() - exact) <= 5 * se, (t, k, est.mean(), exact, se)
+    assert res[pass_key(1, 1.0)] <= res[pass_key(4, 1.0)] <= res[pass_key(16, 1.0)]
+
+
+def test_shuffled_weak_logits_same_entropy_no_information():
+    """Through the path WMSSTrainer takes (the weak backbone's hidden states times the head's weight, never the
+    head's output), the shuffled weak model gives each token the same probabilities in another order: the same
+    entropy, another content. Checked on the joint model's own statistics too."""
+    from weakstrong.wmss.joint import JointModel
+    from weakstrong.wmss.selection import causal_lm_parts, head_weight, supervised_hidden
+
+    from benchmarks.methods.lab.weak import ShuffledLogitsLM
+
+    task, tok = AdditionTask(2), char_tokenizer()
+    train, test = task.split(256, 32, seed=0, test_seed=0)
+    weak = _few_steps(lab_model(tok, seed=1), task, tok, train, steps=30).double()
+    shuffled = ShuffledLogitsLM(weak, seed=0)
+    ids = encode(task, tok, test).input_ids
+    labels = ids.clone()
+    labels[:, : task.prompt_len] = -100
+    batch = {"input_ids": ids, "attention_mask": torch.ones_like(ids), "labels": labels}
+    _, head = causal_lm_parts(shuffled)
+    with torch.no_grad():
+        z_s = supervised_hidden(shuffled, batch) @ head_weight(head).T
+        z = supervised_hidden(weak, batch) @ head_weight(weak.get_output_embeddings()).T
+    assert z_s.shape == z.shape
+    # a permutation per token: the same multiset of logits, so the same entropy (float64: exact up to rounding)
+    assert torch.equal(z_s.sort(-1).values, z.sort(-1).values)
+
+    def entropy(x):
+        lp = x.log_softmax(-1)
+        return -(lp.exp() * lp).sum(-1)
+
+    assert torch.allclose(entropy(z_s), entropy(z), rtol=0, atol=1e-12)
+    assert (z_s.argmax(-1) != z.argmax(-1)).double().mean() > 0.5  # the content is gone
+    assert not torch.equal(shuffled.shuffle(z), shuffled.shuffle(z))  # a fresh permutation each time
+    # the joint model (the loss WMSSTrainer trains) sees the same weak entropy and another weak NLL
+    strong = lab_model(tok, seed=2).double()
+    plain = JointModel(strong, weak, lam=0.5, freeze_weak=True)(**batch)
+    mixed = JointModel(strong, shuffled, lam=0.5, freeze_weak=True)(**batch)
+    assert mixed.weak_entropy_sum.item() == pytest.approx(plain.weak_entropy_sum.item(), rel=1e-9)
+    assert abs(mixed.weak_nll_sum.item() - plain.weak_nll_sum.item()) > 1.0
+    assert mixed.strong_nll_sum.item() == pytest.approx(plain.strong_nll_sum.item(), rel=1e-9)
+    assert not any(p.requires_grad for p in shuffled.parameters())
+
+
+def test_tiny_lab_run_control_arms(tmp_path):
+    """The control arms on a tiny config: label smoothing changes what SFT trains, the shuffled and the
+    entropy-matched weak models train through WMSSTrainer, the entropy match holds, sft_total runs phase 1 + the
+    budget from M0, and every row carries pass@k."""
+    from benchmarks.methods.lab.arms import ARMS, entropy_match_seed, run_arm
+    from benchmarks.methods.lab.config import LabConfig
+
+    cfg = LabConfig(n_train=64, n_test=128, phase1_epochs=4, budget_epochs=2, warmup_steps=2, phase1_eval_every=2)
+    quiet = dict(log=lambda *_: None)
+    ls = next(a for a in ARMS if a.startswith("sft_ls"))
+    rows = {a: run_arm(cfg, 2, a, str(tmp_path), **quiet)["row"]
+            for a in ("sft_p3", ls, "shuffled", "frozen", "entropy_matched", "sft_total")}
+    assert rows[ls]["nll"] != rows["sft_p3"]["nll"] and rows[ls]["label_smoothing"] > 0
+    assert rows["shuffled"]["weak"] == "shuffled 0.25" and rows["shuffled"]["nll"] != rows["frozen"]["nll"]
+    # the same selection as the frozen arm (same weak entropies per token), another weak content
+    assert rows["shuffled"]["entropy/weak"] == pytest.approx(rows["frozen"]["entropy/weak"], rel=1e-5)
+    em = rows["entropy_matched"]
+    assert em["em_source_seed"] == entropy_match_seed(2) == 3
+    assert em["em_entropy_matched"] == pytest.approx(em["em_entropy_target"], abs=2e-4)
+    assert em["em_kl_ref_matched"] > 0
+    assert (tmp_path / "seed3" / "phase1" / "phase1.json").is_file()
+    assert rows["sft_total"]["train_steps"] == cfg.phase1_steps + cfg.budget_steps
+    for r in ("sft_p3", ls, "shuffled", "entropy_matched"):
+        assert rows[r]["train_steps"] == cfg.budget_steps
+    for r in rows.values():
+        assert 0 <= r["pass@1_T1"] <= r["pass@4_T1"] <= r["pass@16_T1"] <= 1

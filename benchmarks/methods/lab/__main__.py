@@ -131,7 +131,8 @@ def cmd_merge(opts):
         with open(os.path.join(src, CONFIG_FILE)) as f:
             if LabConfig.from_json(f.read()).to_json() != cfg.to_json():
                 raise SystemExit(f"{src} was run with another lab config than {opts.out}: not merged")
-        new = [r for r in read_csv(os.path.join(src, ROWS)) if (r["arm"], r["seed"]) not in done]
+        new = [r for r in read_csv(os.path.join(src, ROWS)) if (r["arm"], r["seed"]) not in done
+               and (not opts.arms or r["arm"] in opts.arms)]
         keys = {(r["arm"], r["seed"]) for r in new}
         rows += new
         curves += [c for c in read_csv(os.path.join(src, CURVES)) if (c["arm"], c["seed"]) in keys]
@@ -177,6 +178,7 @@ def main(argv=None):
     m = sub.add_parser("merge", help="merge the results of other folders (same config) into --out")
     m.add_argument("--out", default=DEFAULT_OUT)
     m.add_argument("sources", nargs="+")
+    m.add_argument("--arms", nargs="+", default=None, help="merge only these arms' rows (default: all)")
     sub.add_parser("arms", help="list the arms")
     opts = p.parse_args(argv)
     if getattr(opts, "threads", None):

@@ -16,8 +16,14 @@ from dataclasses import dataclass, field
 
 from .callbacks import EvalAtSteps
 from .config import LabConfig
-from .phase1 import lab_data, quiet, run_phase1, sft_args, snapshot_name
+from .phase1 import initial_model, lab_data, quiet, run_phase1, sft_args, snapshot_name
 from .scoring import unpack
+
+
+#: label smoothing factors tried for the arm that matches WMSS's effect on the non-target logits
+LABEL_SMOOTHING_GRID = (0.01, 0.03, 0.1, 0.3)
+#: the factor chosen from the grid (benchmarks/README.md, "the reviewers' controls": how)
+LABEL_SMOOTHING = 0.01
 
 
 @dataclass(frozen=True)
@@ -28,7 +34,14 @@ class Arm:
     set to 0, frozen, and selection is off, so the mixed logits are exactly ``λ·z_strong``: the temperature-only
     control (with a near-uniform weak model, e.g. the init, WMSS's ``λ·z_strong + (1-λ)·z_weak`` is ≈ that).
     It runs through the same WMSSTrainer path as every WMSS arm (TRL's SFTTrainer computes its loss from the head's
-    weight directly, so a hook on the head's output would not reach its loss)."""
+    weight directly, so a hook on the head's output would not reach its loss). ``weak_transform``: ``"shuffled"``
+    (the weak snapshot's logits permuted over the vocabulary per token, ``weak.ShuffledLogitsLM``: same entropy,
+    no information; frozen) or ``"entropy_matched"`` (another seed's snapshot at the same fraction, its head scaled
+    so that its mean entropy on this seed's training answers equals this seed's weak snapshot's, see
+    :func:`entropy_match_seed`). ``label_smoothing``: an SFT arm's label smoothing factor (TRL's
+    ``label_smoothing_factor``, computed from the full logits). Kind ``"sft_total"``: one SFT run from M0 for phase 1
+    plus the budget (the same data order as phase 1 + ``sft_same``) at phase 1's rate with phase 3's schedule shape
+    (phase 1's warmup, then linear decay to 0 over the whole run)."""
 
     title: str
     kind: str
@@ -40,6 +53,8 @@ class Arm:
     weak: float | None = None
     lr: float | None = None
     weak_zero: bool = False
+    weak_transform: str = ""
+    label_smoothing: float = 0.0
     wmss: dict = field(default_factory=dict)
 
 
@@ -65,6 +80,14 @@ ARMS: dict[str, Arm] = {
     "sft_p3_lr2e-3": Arm("SFT at phase 3's schedule, peak 2e-3", "sft", lr=2e-3),
     "wmss_lr2e-3": Arm("WMSS λ=0.5, peak 2e-3", "wmss", lr=2e-3),
     "wmss_l0.3_lr5e-4": Arm("WMSS λ=0.3, peak 5e-4", "wmss", mix_lambda=0.3, lr=5e-4),
+    # the reviewers' controls (issue 23)
+    "shuffled": Arm("WMSS, weak = 25% snapshot with its logits shuffled over the vocabulary per token (frozen)",
+                    "wmss", freeze_weak=True, weak_transform="shuffled"),
+    "entropy_matched": Arm("WMSS, weak = another seed's 25% snapshot scaled to the same mean entropy",
+                           "wmss", weak_transform="entropy_matched"),
+    "sft_total": Arm("SFT from M0 for phase 1 + the budget in one run at phase 1's rate, linear decay", "sft_total"),
+    **{f"sft_ls{e:g}": Arm(f"SFT at phase 3's schedule, label smoothing {e:g}", "sft", label_smoothing=e)
+       for e in LABEL_SMOOTHING_GRID},
 }
 CONTROLS = ("sft_same", "sft_p3")
 #: the weak-checkpoint sweep, by fraction of phase 1 (the config's own weak fraction is the arm "wmss")
@@ -76,7 +99,14 @@ RATE_CONTROL = {"wmss_lr2e-3": "sft_p3_lr2e-3"}
 def arm_weak(cfg: LabConfig, arm: Arm):
     if arm.weak_zero:
         return "zero"
-    return cfg.weak_fraction if arm.weak is None else arm.weak
+    fraction = cfg.weak_fraction if arm.weak is None else arm.weak
+    return f"{arm.weak_transform} {fraction:g}" if arm.weak_transform else fraction
+
+
+def entropy_match_seed(seed: int) -> int:
+    """The seed whose phase-1 snapshot stands in for ``seed``'s weak model in the arm ``entropy_matched``: its
+    partner ``seed ^ 1`` (0↔1, 2↔3, …): another init and another training set, inside any aligned block of seeds."""
+    return seed ^ 1
 
 
 def _zero_head(m1_dir: str, out_dir: str) -> str:
@@ -111,11 +141,13 @@ def _row(cfg, seed, name, arm, rows, cpu_s, steps, extra=None) -> dict:
     final = max(rows, key=lambda r: r["label"])
     base = {"arm": name, "seed": seed, "kind": arm.kind,
             "mix_lambda": arm.mix_lambda if arm.kind == "wmss" else "",
-            "p3_lr": "" if arm.kind == "sft_same" else (cfg.p3_lr if arm.lr is None else arm.lr),
+            "p3_lr": "" if arm.kind == "sft_same" else cfg.lr if arm.kind == "sft_total" else (
+                cfg.p3_lr if arm.lr is None else arm.lr),
+            "label_smoothing": arm.label_smoothing,
             "weak": arm_weak(cfg, arm) if arm.kind == "wmss" else "", "train_cpu_s": round(cpu_s, 2),
             "train_steps": steps}
     keys = ("accuracy", "accuracy_se", "token_accuracy", "target_logit", "nontarget_logit_mean",
-            "nontarget_logit_max", "margin", "entropy", "nll")
+            "nontarget_logit_max", "margin", "entropy", "nll") + tuple(k for k in final if k.startswith("pass@"))
     base.update({k: final[k] for k in keys})
     for r in rows:
         base[f"acc@{r['label']:g}"] = r["accuracy"]
@@ -147,11 +179,28 @@ def run_arm(cfg: LabConfig, seed: int, name: str, work: str, log=print) -> dict:
     t_cpu = time.process_time()
     eval_cpu = 0.0
     extra: dict = {}
-    if arm.kind == "sft":
+    if arm.kind == "sft_total":
+        from trl import SFTTrainer
+
+        # phase 1's run (same init, data order and warmup) with a linear decay over phase 1 + the budget; scored at
+        # the budget points after phase 1's length (label 0 = this run at M1's step, not M1)
+        p1_steps = cfg.phase1_steps
+        ev = EvalAtSteps({p1_steps + s: f for s, f in _budget_evals(cfg).items()}, data.test, data.train_probe)
+        args = sft_args(cfg, out_dir, seed, num_train_epochs=cfg.phase1_epochs + cfg.budget_epochs,
+                        lr_scheduler_type="linear")
+        trainer = quiet(SFTTrainer(initial_model(cfg, data.tokenizer, seed), args=args, train_dataset=data.train,
+                                   processing_class=data.tokenizer, callbacks=[ev]))
+        trainer.train()
+        rows, correct, eval_cpu, steps = ev.rows, ev.correct[max(cfg.budget_points)], ev.eval_cpu_s, trainer.state.global_step
+        if steps != p1_steps + cfg.budget_steps:
+            raise RuntimeError(f"sft_total ran {steps} steps, expected {p1_steps + cfg.budget_steps}")
+    elif arm.kind == "sft":
         from transformers import AutoModelForCausalLM
         from trl import SFTTrainer
 
         ev = EvalAtSteps(_budget_evals(cfg), data.test, data.train_probe)
+        if arm.label_smoothing:
+            common["label_smoothing_factor"] = arm.label_smoothing
         args = sft_args(cfg, out_dir, seed, max_steps=cfg.budget_steps, **common)
         trainer = quiet(SFTTrainer(AutoModelForCausalLM.from_pretrained(m1_dir), args=args, train_dataset=data.train,
                                    processing_class=data.tokenizer, callbacks=[ev]))
@@ -160,13 +209,41 @@ def run_arm(cfg: LabConfig, seed: int, name: str, work: str, log=print) -> dict:
     else:
         from weakstrong.wmss import WMSSConfig, WMSSTrainer
 
-        if not arm.weak_zero and snapshot_name(arm_weak(cfg, arm)) not in snaps:
-            raise ValueError(f"arm {name!r} needs the phase-1 snapshot at {arm_weak(cfg, arm):g} of phase 1, which this "
+        fraction = cfg.weak_fraction if arm.weak is None else arm.weak
+        if not arm.weak_zero and snapshot_name(fraction) not in snaps:
+            raise ValueError(f"arm {name!r} needs the phase-1 snapshot at {fraction:g} of phase 1, which this "
                              f"config does not keep (snapshot_fractions={cfg.snapshot_fractions}); add it and rerun "
                              "phase 1 in a new --work folder")
-        weak_dir = snaps[snapshot_name(arm_weak(cfg, arm))] if not arm.weak_zero else _zero_head(m1_dir, out_dir)
+        weak_dir = snaps[snapshot_name(fraction)] if not arm.weak_zero else _zero_head(m1_dir, out_dir)
+        weak_src = weak_dir
+        if arm.weak_transform == "shuffled":
+            from transformers import AutoModelForCausalLM
+
+            from .weak import ShuffledLogitsLM
+
+            if not arm.freeze_weak or arm.rounds != 1:
+                raise ValueError(f"arm {name!r}: shuffled weak logits need freeze_weak=True and one round")
+            weak_src = ShuffledLogitsLM(AutoModelForCausalLM.from_pretrained(weak_dir), seed=seed)
+        elif arm.weak_transform == "entropy_matched":
+            from .weak import answer_logits, entropy_matched, mean_entropy
+
+            if arm.rounds != 1:
+                raise ValueError(f"arm {name!r}: an entropy-matched weak model is defined for one round")
+            from transformers import AutoModelForCausalLM
+
+            other = entropy_match_seed(seed)
+            t_other = time.process_time()
+            other_snaps = run_phase1(cfg, other, work, log=log)["snapshots"]
+            eval_cpu += time.process_time() - t_other  # the partner's phase 1 (when not cached) is not this arm's cost
+            sel = training_set(cfg, seed, data)
+            target = mean_entropy(answer_logits(AutoModelForCausalLM.from_pretrained(weak_dir), sel))
+            info = entropy_matched(other_snaps[snapshot_name(fraction)], target, sel, out_dir, reference_dir=weak_dir)
+            weak_src = info.pop("path")
+            extra.update(info, em_source_seed=other)
+        elif arm.weak_transform:
+            raise ValueError(f"arm {name!r}: unknown weak_transform {arm.weak_transform!r}")
         per_round = cfg.budget_steps // arm.rounds
-        strong_src, weak_src = m1_dir, weak_dir
+        strong_src = m1_dir
         rows, steps, correct = [], 0, None
         sizes = []
         for r in range(1, arm.rounds + 1):
@@ -205,6 +282,17 @@ def run_arm(cfg: LabConfig, seed: int, name: str, work: str, log=print) -> dict:
     cpu = time.process_time() - t_cpu - eval_cpu
     shutil.rmtree(out_dir, ignore_errors=True)
     return {"row": _row(cfg, seed, name, arm, rows, cpu, steps, extra), "curve": rows, "correct": correct}
+
+
+def training_set(cfg: LabConfig, seed: int, data=None):
+    """The seed's whole training set as an ``EncodedSet`` (the selection set of WD-DS: its answer tokens are the
+    tokens whose entropies the selection averages)."""
+    from .phase1 import lab_data as _lab_data
+    from .scoring import encode
+
+    data = data or _lab_data(cfg, seed)
+    pairs, _ = data.task.split(cfg.n_train, cfg.n_test, seed=1_000 + seed, test_seed=cfg.test_seed)
+    return encode(data.task, data.tokenizer, pairs)
 
 
 def describe() -> str:

@@ -12,7 +12,8 @@ import numpy as np
 
 from weakstrong.stats import mean_ci, paired_bootstrap, paired_t_ci, seeds_needed
 
-from .arms import ARMS, CONTROLS, RATE_CONTROL, SWEEP, arm_weak
+from .arms import ARMS, CONTROLS, LABEL_SMOOTHING, LABEL_SMOOTHING_GRID, RATE_CONTROL, SWEEP, arm_weak
+from .scoring import PASS_KS, PASS_TEMPERATURES, pass_key
 from .config import LabConfig
 from .scoring import unpack
 
@@ -126,6 +127,24 @@ CLAIMS = (
     ("L' λ = 0.3 vs 0.5", "wmss_l0.3", "wmss"),
     ("L'' λ = 0.3 at 5e-4 vs λ = 0.3 at 1e-3", "wmss_l0.3_lr5e-4", "wmss_l0.3"),
 )
+LS = f"sft_ls{LABEL_SMOOTHING:g}"
+#: the reviewers' controls (issue 23) as paired comparisons "a > b"
+CONTROL_CLAIMS = (
+    ("U WMSS beats a uniform weak model (zero logits = a temperature)", "wmss", "temp_only"),
+    ("U' a uniform weak model beats SFT", "temp_only", "sft_p3"),
+    ("S the weak logits' content matters: the 25% snapshot beats its logits shuffled per token (both frozen, "
+     "same selection)", "frozen", "shuffled"),
+    ("S' WMSS beats shuffled weak logits", "wmss", "shuffled"),
+    ("S'' shuffled weak logits beat SFT", "shuffled", "sft_p3"),
+    ("E the own earlier checkpoint beats an entropy-matched model of another seed", "wmss", "entropy_matched"),
+    ("E' an entropy-matched weak model beats SFT", "entropy_matched", "sft_p3"),
+    (f"LS WMSS beats SFT with label smoothing {LABEL_SMOOTHING:g} (matched on the non-target shift)", "wmss", LS),
+    (f"LS' label smoothing {LABEL_SMOOTHING:g} beats SFT", LS, "sft_p3"),
+    ("H WMSS beats SFT run over the total budget at phase 1's rate (one run, linear decay)", "wmss", "sft_total"),
+    ("H' SFT over the total budget in one run beats SFT + a phase-3 restart", "sft_total", "sft_p3"),
+)
+#: arms of the pass@k table
+PASS_ARMS = ("sft_p3", "wmss", "temp_only", "frozen", "shuffled", "entropy_matched", LS, "sft_total", "sft_same")
 #: a null is "tight" when the whole 95% interval of the difference lies within ± this many accuracy units
 TIGHT = 0.005
 
@@ -143,11 +162,11 @@ def reading(ci) -> str:
     return "not resolved"
 
 
-def claims(rows, correct) -> str:
+def claims(rows, correct, which=CLAIMS) -> str:
     acc = by_arm_seed(rows)
     lines = ["| claim (a > b) | a − b | seeds | Δ points (t, seeds) | Δ points (bootstrap, problems) | reading |",
              "|---|---|---|---|---|---|"]
-    for title, a, b in CLAIMS:
+    for title, a, b in which:
         ci, seeds = paired(acc, a, b)
         if ci is None:
             continue
@@ -157,6 +176,67 @@ def claims(rows, correct) -> str:
               f"0; 'any gain < {100 * TIGHT:g} point' = it contains 0 and its upper end is ≤ +{100 * TIGHT:g} point; "
               "not resolved = wider. The bootstrap column is test-set noise only (seed-averaged per-problem "
               "correctness), so it is narrower; the t column is the one that generalises to new seeds."]
+    return "\n".join(lines) + "\n"
+
+
+def pass_at_k(rows) -> str:
+    """pass@k under sampling per arm (mean over seeds, 95% t-CI) and paired against sft_p3, with the reading rule."""
+    have = [a for a in PASS_ARMS if any(r["arm"] == a and r.get(pass_key(1, 1.0)) not in (None, "") for r in rows)]
+    if not have:
+        return "(no rows with pass@k)\n"
+    keys = [pass_key(k, t) for t in PASS_TEMPERATURES for k in PASS_KS]
+    lines = ["| arm | seeds | " + " | ".join(keys) + " |", "|---|---|" + "---|" * len(keys)]
+    vals = {k: by_arm_seed([r for r in rows if r.get(k) not in (None, "")], k) for k in keys}
+    for a in have:
+        cells = []
+        for k in keys:
+            v = [vals[k][a][s] for s in sorted(vals[k][a])]
+            ci = _try(mean_ci, v)
+            cells.append(f"{100 * np.mean(v):.1f}" + (f" ± {100 * ci.half_width:.1f}" if ci else ""))
+        lines.append(f"| {a} | {len(vals[keys[0]][a])} | " + " | ".join(cells) + " |")
+    lines += ["", "Paired against sft_p3 (points, 95% t-CI over seeds, and the reading rule of the claims):", "",
+              "| arm − sft_p3 | " + " | ".join(keys) + " |", "|---|" + "---|" * len(keys)]
+    for a in have:
+        if a == "sft_p3":
+            continue
+        cells = []
+        for k in keys:
+            ci, seeds = paired(vals[k], a, "sft_p3")
+            cells.append("n/a" if ci is None else f"{_fmt_ci(ci)} ({len(seeds)}; {reading(ci)})")
+        lines.append(f"| {a} | " + " | ".join(cells) + " |")
+    lines += ["", "pass@k = the chance that at least one of k answers sampled at temperature T is exact. Computed "
+              "exactly per problem as 1 − (1 − p)^k with p = Π_t softmax(z_t/T)[gold_t] from one teacher-forced "
+              "pass (every answer has the same length, so a sample is right iff it draws each gold token after the "
+              "gold prefix): the expectation of the unbiased estimator 1 − C(n−c,k)/C(n,k) over n samples, without "
+              "its sampling noise (tests/test_lab.py checks the two against each other on real samples). "
+              "Mean over the held-out problems."]
+    return "\n".join(lines) + "\n"
+
+
+def label_smoothing_choice(rows) -> str:
+    """The grid of label smoothing factors against WMSS's effect on the mean non-target logit (paired vs sft_p3)."""
+    names = [f"sft_ls{e:g}" for e in LABEL_SMOOTHING_GRID]
+    ref = {int(r["seed"]): r for r in rows if r["arm"] == "sft_p3"}
+    grid_seeds = set(ref)  # the seeds where the whole grid (and wmss) ran: the choice is made on those
+    for g in ["wmss"] + names:
+        grid_seeds &= {int(r["seed"]) for r in rows if r["arm"] == g}
+    lines = [f"On the seeds where the whole grid ran ({', '.join(map(str, sorted(grid_seeds))) or 'none'}); the last "
+             "rows: wmss and the chosen factor on every seed both have.", "",
+             "| arm | seeds | Δ nontarget_logit_mean vs sft_p3 | Δ margin vs sft_p3 | Δ target_logit vs sft_p3 | "
+             "Δ entropy vs sft_p3 |", "|---|---|---|---|---|---|"]
+    both = {int(r["seed"]) for r in rows if r["arm"] == LS} & {int(r["seed"]) for r in rows if r["arm"] == "wmss"} \
+        & set(ref)
+    for g, seeds, tag in [(g, grid_seeds, "") for g in ["wmss"] + names] + [(g, both, ", all seeds") for g in
+                                                                            ("wmss", LS)]:
+        rs = [r for r in rows if r["arm"] == g and int(r["seed"]) in seeds]
+        if not rs:
+            continue
+        cells = []
+        for k in ("nontarget_logit_mean", "margin", "target_logit", "entropy"):
+            d = [float(r[k]) - float(ref[int(r["seed"])][k]) for r in rs]
+            ci = _try(mean_ci, d) if len(d) > 1 else None
+            cells.append(f"{np.mean(d):+.3f}" + (f" ± {ci.half_width:.3f}" if ci else ""))
+        lines.append(f"| {g}{' (chosen)' if g == LS else ''}{tag} | {len(rs)} | " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
 
 
@@ -175,13 +255,14 @@ def collapses(rows, curves, drop=0.05) -> str:
     return "\n".join(lines) + "\n"
 
 
+MECH_CONTROLS = ("frozen", "shuffled", "entropy_matched", LS, "sft_total")
 MECH_KEYS = ("target_logit", "nontarget_logit_mean", "nontarget_logit_max", "margin", "entropy", "nll")
 
 
 def mechanism(rows, curves) -> str:
     """Mean logit statistics on held-out answer tokens: M1 (budget 0 of any arm), the SFT continuations, WMSS."""
     groups = {"M1": [c for c in curves if float(c["label"]) == 0.0 and c["arm"] == "sft_p3"]}
-    for name in ("sft_same", "sft_p3", "wmss", "weak_w000", "temp_only", "wd_ds"):
+    for name in ("sft_same", "sft_p3", "wmss", "weak_w000", "temp_only", "wd_ds") + MECH_CONTROLS:
         groups[name] = [r for r in rows if r["arm"] == name]
     m1 = {int(r["seed"]): r for r in groups["M1"]}
     delta_keys = ("target_logit", "nontarget_logit_mean", "margin")
@@ -208,7 +289,7 @@ def mechanism(rows, curves) -> str:
     ref = {int(r["seed"]): r for r in rows if r["arm"] == "sft_p3"}
     lines += ["", "Paired against the control sft_p3 (arm − sft_p3, 95% t-CI over seeds):", "",
               "| arm | seeds | " + " | ".join(f"Δ {k}" for k in MECH_KEYS) + " |", "|---|---|" + "---|" * len(MECH_KEYS)]
-    for g in ("sft_same", "wmss", "weak_w000", "temp_only", "wd_ds"):
+    for g in ("sft_same", "wmss", "weak_w000", "temp_only", "wd_ds") + MECH_CONTROLS:
         rs = [r for r in rows if r["arm"] == g and int(r["seed"]) in ref]
         if len(rs) < 2:
             continue
@@ -401,10 +482,57 @@ def plot_regimes(rows, curves, path):
     plt.close(fig)
 
 
+def plot_controls(rows, path):
+    """The reviewers' controls: accuracy of each arm − sft_p3 (paired 95% t-CI), and pass@k − sft_p3 along k at
+    each sampling temperature."""
+    plt = _plt()
+    acc = by_arm_seed(rows)
+    arms = [a for a in ("wmss", "frozen", "temp_only", "shuffled", "entropy_matched", LS, "sft_total", "sft_same")
+            if paired(acc, a, "sft_p3")[0] is not None]
+    fig, ax = plt.subplots(1, 1 + len(PASS_TEMPERATURES), figsize=(5 + 4.5 * len(PASS_TEMPERATURES), 4.5))
+    for j, a in enumerate(arms):
+        ci, seeds = paired(acc, a, "sft_p3")
+        ax[0].errorbar([100 * ci.estimate], [j], xerr=[100 * ci.half_width], fmt="o", capsize=3, color=f"C{j}")
+    ax[0].set_yticks(range(len(arms)))
+    ax[0].set_yticklabels([f"{a} ({len(paired(acc, a, 'sft_p3')[1])} seeds)" for a in arms], fontsize=8)
+    ax[0].axvline(0, color="grey", lw=1)
+    ax[0].set_xlabel("arm − sft_p3, exact match (points)")
+    ax[0].set_title("Accuracy (greedy) vs SFT, paired 95% t-CI", fontsize=10)
+    for i, t in enumerate(PASS_TEMPERATURES):
+        a1 = ax[1 + i]
+        for j, a in enumerate(arms):
+            xs, ms, hs = [], [], []
+            for k in PASS_KS:
+                key = pass_key(k, t)
+                v = by_arm_seed([r for r in rows if r.get(key) not in (None, "")], key)
+                ci, _ = paired(v, a, "sft_p3")
+                if ci is not None:
+                    xs.append(k * (1 + 0.04 * (j - len(arms) / 2)))
+                    ms.append(100 * ci.estimate)
+                    hs.append(100 * ci.half_width)
+            if xs:
+                a1.errorbar(xs, ms, yerr=hs, fmt="o-", ms=3, capsize=2, label=a, color=f"C{j}")
+        a1.set_xscale("log", base=2)
+        a1.set_xticks(PASS_KS, [str(k) for k in PASS_KS])
+        a1.axhline(0, color="grey", lw=1)
+        a1.set_xlabel("k")
+        a1.set_ylabel("arm − sft_p3, pass@k (points)")
+        a1.set_title(f"pass@k at sampling temperature {t:g} vs SFT (paired 95% t-CI)", fontsize=10)
+        a1.legend(fontsize=7)
+    for a in ax:
+        a.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
 def write_report(out: str, cfg: LabConfig) -> str:
     rows, curves, correct = load(out)
     text = ["# Lab results", "", f"Config: `{json.dumps(json.loads(cfg.to_json()), sort_keys=True)}`", "",
             "## Arms", "", table(rows, correct), "## Claims", "", claims(rows, correct),
+            "## The reviewers' controls", "", claims(rows, correct, CONTROL_CLAIMS),
+            "## pass@k (sampling)", "", pass_at_k(rows),
+            "## Label smoothing: the grid against WMSS's non-target shift", "", label_smoothing_choice(rows),
             "## Collapses", "", collapses(rows, curves), "## Mechanism", "", mechanism(rows, curves),
             "## Seeds needed (from the SD of the paired differences measured here)", "", plan(rows)]
     md = "\n".join(text)
@@ -417,6 +545,8 @@ def write_report(out: str, cfg: LabConfig) -> str:
         plot_sweep(rows, cfg, os.path.join(out, "weak_sweep.png"))
     if curves:
         plot_regimes(rows, curves, os.path.join(out, "regimes.png"))
+    if any(r["arm"] in MECH_CONTROLS for r in rows):
+        plot_controls(rows, os.path.join(out, "controls.png"))
     return md
 
 
