@@ -262,8 +262,10 @@ def lse_entropy_grad_torch(rv: RowView, index, inv_t, stats, g_lp, g_ent, out, m
             lp.mul_(p).neg_()  # -p * (g_lp + g_H (log p + H))
         else:
             torch.mul(p, -glp_c, out=lp)
-        if glp_c is not None:
-            lp.scatter_add_(1, index[i : i + k].unsqueeze(1), glp_c)
+        if glp_c is not None:  # one-hot term; an index outside [0, V) adds none (target in another vocab tile)
+            idx_c = index[i : i + k]
+            in_range = ((idx_c >= 0) & (idx_c < v)).unsqueeze(1)
+            lp.scatter_add_(1, idx_c.clamp(0, v - 1).unsqueeze(1), torch.where(in_range, glp_c, 0.0))
         if inv_t != 1.0:
             lp.mul_(inv_t)
         if not direct:
@@ -400,9 +402,10 @@ if HAS_TRITON:
             gent = 0.0
             y = -1
             if HAS_GLP:
+                # an index outside [0, V) adds no one-hot term: the target lies in another vocabulary tile
+                # (hidden-state ops); public ops reject out-of-range targets before any launch
                 y = tl.load(idx_ptr + row).to(tl.int64)
-                ok = (y >= 0) & (y < V)
-                glp = tl.where(ok, tl.load(glp_ptr + row).to(tl.float32), 0.0)  # out-of-range index: no grad
+                glp = tl.load(glp_ptr + row).to(tl.float32)
             if HAS_GENT:
                 gent = tl.load(gent_ptr + row).to(tl.float32)
             for start in range(0, V, BLOCK):
