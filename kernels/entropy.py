@@ -12,10 +12,8 @@ Numerical contract.  Every path reads the logits in their dtype and accumulates 
 float64 on the torch path).  float32 results are within ~1e-6 (relative) of the float64 reference; functions
 that return the input dtype round that float32 result once at the end.  TRL's torch path instead runs
 ``log_softmax`` in the input dtype, so at bf16 ours is closer to float64 and *not* bit-equal to TRL's (TRL's own
-bf16 tests, which demand equality with a bf16 ``log_softmax``, fail on ours by design).  Measured at [32, 768]
-bf16, ``randn`` logits, 5 seeds: max |error| vs float64 of ``entropy_from_logits`` 0.0153 (ours; = the final
-rounding to bf16) vs 0.0862 (TRL torch), 5.6x closer; ``selective_log_softmax`` 0.027 vs 0.031 (both dominated by
-the bf16 output rounding); ``selective_log_softmax_and_entropy`` (float32 out) < 1e-4.
+bf16 tests, which demand equality with a bf16 ``log_softmax``, fail on ours by design).  Measured errors and
+their command: ``benchmarks/README.md`` ("Numerical contract").
 
 Implementation: one online pass per row keeping ``m`` (running max), ``d = sum exp(x - m)`` and
 ``t = sum exp(x - m) (x - m)``; when the max rises to ``m'``: ``d' = e^{m-m'} d``,
@@ -37,15 +35,10 @@ The public ops are ``torch.library`` custom ops (``torch.ops.weakstrong.lse_entr
 fake implementations: ``torch.compile(fullgraph=True)`` sees one node and compiles once for all token counts
 with dynamic shapes.  ``*_reference`` functions give the plain float64 math for tests.
 
-GPU performance notes (not yet measured on a GPU; ``benchmarks/gpu_check.py`` measures them):
-
-* The forward merges its two block sums into one tuple ``tl.reduce`` on a GPU (one reduction tree instead of
-  two; the interpreter keeps two ``tl.sum`` because it runs tuple reductions element by element).
-* A row stride or ``V`` not divisible by 16 (V = 50,257, 32,001) loses Triton's 16-divisibility
-  specialisation and so vectorised loads; padding the vocabulary to a multiple of 16 (and passing the
-  ``[..., :V]`` view, which is read in place) keeps them.
-* One program per row leaves an H100 (132 SMs) under-filled below roughly 500 rows; splitting a row over
-  several programs (split-V with a merge) is the known fix and is not done.
+On a GPU the forward merges its two block sums into one tuple ``tl.reduce`` (one reduction tree; the
+interpreter keeps two ``tl.sum``, it runs tuple reductions element by element).  What is and is not yet measured
+on a GPU (vectorised loads at V not divisible by 16, occupancy below ~500 rows): ``benchmarks/README.md``
+("GPU performance notes").
 """
 
 from __future__ import annotations
