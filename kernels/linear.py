@@ -638,6 +638,39 @@ def linear_mixed_forward(strong: _Model, weak: _Model, labels, lam, ignore_index
     return loss, stats, aux
 
 
+class _Grads:
+    """One model's side of the mixed backward: its coefficient in z, which gradients are wanted, their
+    accumulators (``accum_dtype`` for the weight and bias; the hidden gradient is written chunk by chunk), and
+    its LM head in the compute dtype when z reads that model's logits (coefficient != 0)."""
+
+    def __init__(self, model: _Model, coef: float, needs, accum_dtype):
+        self.model, self.coef = model, coef
+        self.need_hidden, self.need_weight = needs[0], needs[1]
+        self.need_bias = needs[2] and model.bias is not None
+        self.read = coef != 0.0
+        self.active = self.read and (self.need_hidden or self.need_weight or self.need_bias)
+        dev, vocab = model.weight.device, model.weight.shape[0]
+        self.hidden_acc_dtype = accumulator_dtype(model.hidden, accum_dtype)
+        self.grad_hidden = torch.zeros(model.hidden.shape, dtype=model.hidden.dtype, device=dev) if self.need_hidden else None
+        self.grad_weight = (
+            torch.zeros(model.weight.shape, dtype=accumulator_dtype(model.weight, accum_dtype), device=dev)
+            if self.need_weight else None
+        )
+        self.grad_bias = (
+            torch.zeros(vocab, dtype=accumulator_dtype(model.bias, accum_dtype), device=dev) if self.need_bias else None
+        )
+        self.weight_c = self.bias_c = None
+
+    def results(self):
+        """(grad hidden, grad weight, grad bias), each rounded once to its parameter's dtype; empty if not wanted."""
+        m = self.model
+        return (
+            self.grad_hidden if self.need_hidden else _placeholder(m.hidden),
+            self.grad_weight.to(m.weight.dtype) if self.need_weight else _placeholder(m.weight),
+            self.grad_bias.to(m.bias.dtype) if self.need_bias else _placeholder(m.weight),
+        )
+
+
 def linear_mixed_backward(strong: _Model, weak: _Model, labels, lam, ignore_index, stats, grad_rows, transform,
                           chunk_size, vocab_chunk_size, accum_dtype, needs, backend):
     """Gradients of ``sum grad_rows * loss`` w.r.t. (strong hidden, weight, bias, weak hidden, weight, bias).
@@ -649,83 +682,59 @@ def linear_mixed_backward(strong: _Model, weak: _Model, labels, lam, ignore_inde
     n, vocab = strong.hidden.shape[0], strong.weight.shape[0]
     dev = strong.hidden.device
     acc = stats.dtype
-    sides = []
-    for model, coef, (need_h, need_w, need_b) in ((strong, lam, needs[:3]), (weak, 1.0 - lam, needs[3:])):
-        need_b = need_b and model.bias is not None
-        active = coef != 0.0 and (need_h or need_w or need_b)
-        sides.append({
-            "model": model,
-            "coef": coef,
-            "active": active,
-            "needs": (need_h, need_w, need_b),
-            "grad_hidden": torch.zeros(model.hidden.shape, dtype=model.hidden.dtype, device=dev) if need_h else None,
-            "grad_weight": torch.zeros(model.weight.shape, dtype=accumulator_dtype(model.weight, accum_dtype),
-                                       device=dev) if need_w else None,
-            "grad_bias": torch.zeros(vocab, dtype=accumulator_dtype(model.bias, accum_dtype), device=dev)
-            if need_b else None,
-            "weight_c": _cast(model.weight, model.dtype) if active else None,
-            "bias_c": _cast(model.bias, model.dtype) if active else None,
-        })
-    # z needs a model's logits when its coefficient is nonzero
-    read = [lam != 0.0, lam != 1.0]
-    if any(s["active"] for s in sides):
-        for j, s in enumerate(sides):
-            if read[j]:
-                _require_gathered(s["model"].weight, "strong_weight" if j == 0 else "weak_weight")
-        tokens, tile = _chunks(chunk_size, vocab_chunk_size, n, vocab, dev)
-        weights_c = [s["weight_c"] if s["weight_c"] is not None else _cast(s["model"].weight, s["model"].dtype)
-                     if read[j] else None for j, s in enumerate(sides)]
-        biases_c = [_cast(s["model"].bias, s["model"].dtype) if read[j] else None for j, s in enumerate(sides)]
-        valid = labels != ignore_index
-        for start in range(0, n, tokens):
-            k = min(tokens, n - start)
-            keep = valid[start : start + k]
-            targets = torch.where(keep, labels[start : start + k], 0)
-            g_logp = -grad_rows[start : start + k]
-            accs = [torch.zeros(k, s["model"].hidden.shape[1], dtype=accumulator_dtype(s["model"].hidden, accum_dtype),
-                                device=dev) if s["active"] and s["needs"][0] else None for s in sides]
-            for v0 in range(0, vocab, tile):
-                v1 = min(v0 + tile, vocab)
-                # 1. recompute both transformed tiles and z
-                tiles = [
-                    _model_tile(s["model"], weights_c[j], biases_c[j], start, k, v0, v1, transform, acc) if read[j] else None
-                    for j, s in enumerate(sides)
-                ]
-                z = _mix(*(t[1] if t is not None else None for t in tiles), lam, acc)
-                # 2. dL/dz = g (p - e_y) from the row kernels (ignored rows: zero), with the merged statistics
-                local, _ = _tile_targets(targets, v0, v1 - v0)
-                grad_z = torch.empty(k, v1 - v0, dtype=acc, device=dev)
-                lse_entropy_backward(z, local, 1.0, stats[start : start + k], g_logp, None, grad_z, backend,
-                                     row_mask=keep.view(torch.uint8))
-                del z
-                for j, s in enumerate(sides):
-                    if not s["active"]:
-                        continue
-                    hidden_chunk, _, th = tiles[j]
-                    # 3. dL/dx = coef dL/dz, then the transform's chain rule
-                    grad_logits = transform.backward(grad_z * s["coef"], th)
-                    grad_logits_c = _cast(grad_logits, s["model"].dtype)
-                    # 4. GEMMs
-                    need_h, need_w, need_b = s["needs"]
-                    if need_h:
-                        addmm_acc(accs[j], grad_logits_c, weights_c[j][v0:v1])
-                    if need_w:
-                        addmm_acc(s["grad_weight"][v0:v1], grad_logits_c.T, hidden_chunk)
-                    if need_b:
-                        s["grad_bias"][v0:v1] += grad_logits.sum(0, dtype=s["grad_bias"].dtype)
-                    del grad_logits, grad_logits_c
-                del tiles, grad_z
-            for j, s in enumerate(sides):
-                if accs[j] is not None:
-                    s["grad_hidden"][start : start + k] = accs[j]
-    out = []
-    for s in sides:
-        model = s["model"]
-        need_h, need_w, need_b = s["needs"]
-        out.append(s["grad_hidden"] if need_h else _placeholder(model.hidden))
-        out.append(s["grad_weight"].to(model.weight.dtype) if need_w else _placeholder(model.weight))  # one rounding
-        out.append(s["grad_bias"].to(model.bias.dtype) if need_b else _placeholder(model.weight))
-    return tuple(out)
+    sides = (_Grads(strong, lam, needs[:3], accum_dtype), _Grads(weak, 1.0 - lam, needs[3:], accum_dtype))
+    if not any(side.active for side in sides):
+        return (*sides[0].results(), *sides[1].results())
+    for side, name in zip(sides, ("strong_weight", "weak_weight")):
+        if side.read:  # z needs this model's logits
+            _require_gathered(side.model.weight, name)
+            side.weight_c, side.bias_c = _cast(side.model.weight, side.model.dtype), _cast(side.model.bias, side.model.dtype)
+    tokens, tile = _chunks(chunk_size, vocab_chunk_size, n, vocab, dev)
+    valid = labels != ignore_index
+    for start in range(0, n, tokens):
+        k = min(tokens, n - start)
+        keep = valid[start : start + k]
+        targets = torch.where(keep, labels[start : start + k], 0)
+        g_logp = -grad_rows[start : start + k]
+        hidden_accs = [
+            torch.zeros(k, side.model.hidden.shape[1], dtype=side.hidden_acc_dtype, device=dev)
+            if side.active and side.need_hidden else None
+            for side in sides
+        ]
+        for v0 in range(0, vocab, tile):
+            v1 = min(v0 + tile, vocab)
+            # 1. recompute both transformed tiles and z
+            tiles = [
+                _model_tile(side.model, side.weight_c, side.bias_c, start, k, v0, v1, transform, acc) if side.read else None
+                for side in sides
+            ]
+            z = _mix(*(t[1] if t is not None else None for t in tiles), lam, acc)
+            # 2. dL/dz = g (p - e_y) from the row kernels (ignored rows: zero), with the merged statistics
+            local, _ = _tile_targets(targets, v0, v1 - v0)
+            grad_z = torch.empty(k, v1 - v0, dtype=acc, device=dev)
+            lse_entropy_backward(z, local, 1.0, stats[start : start + k], g_logp, None, grad_z, backend,
+                                 row_mask=keep.view(torch.uint8))
+            del z
+            for side, tile_out, hidden_acc in zip(sides, tiles, hidden_accs):
+                if not side.active:
+                    continue
+                hidden_chunk, _, th = tile_out
+                # 3. dL/dx = coef dL/dz, then the transform's chain rule dL/dl = dL/dx dx/dl
+                grad_logits = transform.backward(grad_z * side.coef, th)
+                grad_logits_c = _cast(grad_logits, side.model.dtype)
+                # 4. the GEMMs: dL/dh += dL/dl @ W_tile, dL/dW_tile += dL/dl^T @ h, dL/db_tile += column sums
+                if side.need_hidden:
+                    addmm_acc(hidden_acc, grad_logits_c, side.weight_c[v0:v1])
+                if side.need_weight:
+                    addmm_acc(side.grad_weight[v0:v1], grad_logits_c.T, hidden_chunk)
+                if side.need_bias:
+                    side.grad_bias[v0:v1] += grad_logits.sum(0, dtype=side.grad_bias.dtype)
+                del grad_logits, grad_logits_c
+            del tiles, grad_z
+        for side, hidden_acc in zip(sides, hidden_accs):
+            if hidden_acc is not None:
+                side.grad_hidden[start : start + k] = hidden_acc
+    return (*sides[0].results(), *sides[1].results())
 
 
 @torch.library.custom_op("weakstrong::linear_mixed_ce", mutates_args=())
