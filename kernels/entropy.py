@@ -649,6 +649,8 @@ def selective_log_softmax(
         backend = backend_for(logits)
         logp, _, _ = _lse_entropy_op(logits, _flat_index(index), _flat_mask(row_mask, lead), inv_t, 0, backend)
         return logp.view(lead).to(logits.dtype)
+    check_same_device(logits=logits, index=index, row_mask=row_mask)
+    check_index_range(index, logits.shape[-1])  # [..., K] indices: every one is gathered, masked rows too
     out = _multi_index_logp(logits, index, inv_t)
     if row_mask is not None:
         out = out.masked_fill(~row_mask.to(torch.bool).unsqueeze(-1), 0.0)
