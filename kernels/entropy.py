@@ -12,10 +12,8 @@ Numerical contract.  Every path reads the logits in their dtype and accumulates 
 float64 on the torch path).  float32 results are within ~1e-6 (relative) of the float64 reference; functions
 that return the input dtype round that float32 result once at the end.  TRL's torch path instead runs
 ``log_softmax`` in the input dtype, so at bf16 ours is closer to float64 and *not* bit-equal to TRL's (TRL's own
-bf16 tests, which demand equality with a bf16 ``log_softmax``, fail on ours by design).  Measured at [32, 768]
-bf16, ``randn`` logits, 5 seeds: max |error| vs float64 of ``entropy_from_logits`` 0.0153 (ours; = the final
-rounding to bf16) vs 0.0862 (TRL torch), 5.6x closer; ``selective_log_softmax`` 0.027 vs 0.031 (both dominated by
-the bf16 output rounding); ``selective_log_softmax_and_entropy`` (float32 out) < 1e-4.
+bf16 tests, which demand equality with a bf16 ``log_softmax``, fail on ours by design).  Measured errors and
+their command: ``benchmarks/README.md`` ("Numerical contract").
 
 Implementation: one online pass per row keeping ``m`` (running max), ``d = sum exp(x - m)`` and
 ``t = sum exp(x - m) (x - m)``; when the max rises to ``m'``: ``d' = e^{m-m'} d``,
@@ -37,15 +35,10 @@ The public ops are ``torch.library`` custom ops (``torch.ops.weakstrong.lse_entr
 fake implementations: ``torch.compile(fullgraph=True)`` sees one node and compiles once for all token counts
 with dynamic shapes.  ``*_reference`` functions give the plain float64 math for tests.
 
-GPU performance notes (not yet measured on a GPU; ``benchmarks/gpu_check.py`` measures them):
-
-* The forward merges its two block sums into one tuple ``tl.reduce`` on a GPU (one reduction tree instead of
-  two; the interpreter keeps two ``tl.sum`` because it runs tuple reductions element by element).
-* A row stride or ``V`` not divisible by 16 (V = 50,257, 32,001) loses Triton's 16-divisibility
-  specialisation and so vectorised loads; padding the vocabulary to a multiple of 16 (and passing the
-  ``[..., :V]`` view, which is read in place) keeps them.
-* One program per row leaves an H100 (132 SMs) under-filled below roughly 500 rows; splitting a row over
-  several programs (split-V with a merge) is the known fix and is not done.
+On a GPU the forward merges its two block sums into one tuple ``tl.reduce`` (one reduction tree; the
+interpreter keeps two ``tl.sum``, it runs tuple reductions element by element).  What is and is not yet measured
+on a GPU (vectorised loads at V not divisible by 16, occupancy below ~500 rows): ``benchmarks/README.md``
+("GPU performance notes").
 """
 
 from __future__ import annotations
@@ -262,8 +255,10 @@ def lse_entropy_grad_torch(rv: RowView, index, inv_t, stats, g_lp, g_ent, out, m
             lp.mul_(p).neg_()  # -p * (g_lp + g_H (log p + H))
         else:
             torch.mul(p, -glp_c, out=lp)
-        if glp_c is not None:
-            lp.scatter_add_(1, index[i : i + k].unsqueeze(1), glp_c)
+        if glp_c is not None:  # one-hot term; an index outside [0, V) adds none (target in another vocab tile)
+            idx_c = index[i : i + k]
+            in_range = ((idx_c >= 0) & (idx_c < v)).unsqueeze(1)
+            lp.scatter_add_(1, idx_c.clamp(0, v - 1).unsqueeze(1), torch.where(in_range, glp_c, 0.0))
         if inv_t != 1.0:
             lp.mul_(inv_t)
         if not direct:
@@ -400,9 +395,10 @@ if HAS_TRITON:
             gent = 0.0
             y = -1
             if HAS_GLP:
+                # an index outside [0, V) adds no one-hot term: the target lies in another vocabulary tile
+                # (hidden-state ops); public ops reject out-of-range targets before any launch
                 y = tl.load(idx_ptr + row).to(tl.int64)
-                ok = (y >= 0) & (y < V)
-                glp = tl.where(ok, tl.load(glp_ptr + row).to(tl.float32), 0.0)  # out-of-range index: no grad
+                glp = tl.load(glp_ptr + row).to(tl.float32)
             if HAS_GENT:
                 gent = tl.load(gent_ptr + row).to(tl.float32)
             for start in range(0, V, BLOCK):
@@ -653,6 +649,8 @@ def selective_log_softmax(
         backend = backend_for(logits)
         logp, _, _ = _lse_entropy_op(logits, _flat_index(index), _flat_mask(row_mask, lead), inv_t, 0, backend)
         return logp.view(lead).to(logits.dtype)
+    check_same_device(logits=logits, index=index, row_mask=row_mask)
+    check_index_range(index, logits.shape[-1])  # [..., K] indices: every one is gathered, masked rows too
     out = _multi_index_logp(logits, index, inv_t)
     if row_mask is not None:
         out = out.masked_fill(~row_mask.to(torch.bool).unsqueeze(-1), 0.0)

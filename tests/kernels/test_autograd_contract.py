@@ -137,6 +137,9 @@ def _layouts(rows, cols, seed):
 
 
 LAYOUTS = ["transposed", "shifted", "padded"]
+#: transform argument of the hidden-state ops: [logit_scale, final_logit_softcapping (0: none), 1 / temperature];
+#: with V = 37 and a vocabulary tile of 16 the ops run three tiles (the last one partial)
+TF = [0.7, 5.0, 1.25]
 
 
 def _opcheck(op, args):
@@ -179,10 +182,12 @@ def test_opcheck_linear_lse_entropy(backend, layout):
     idx = torch.randint(0, V, (N,))
     hg, wg, bg = hidden.detach().requires_grad_(), weight.detach().requires_grad_(), bias.requires_grad_()
     for b in (None, bg):
-        _opcheck(torch.ops.weakstrong.linear_lse_entropy.default, (hg, wg, b, idx, 0.8, 4, torch.float32, torch.float32, backend))
-    _, _, stats = torch.ops.weakstrong.linear_lse_entropy(hidden, weight, None, idx, 0.8, 4, torch.float32, torch.float32, backend)
+        _opcheck(torch.ops.weakstrong.linear_lse_entropy.default, (hg, wg, b, idx, TF, 4, 16, torch.float32, torch.float32, backend))
+    _, _, stats = torch.ops.weakstrong.linear_lse_entropy(
+        hidden, weight, None, idx, TF, 4, 16, torch.float32, torch.float32, backend
+    )
     g = torch.randn(N)
-    args = (hidden, weight, None, idx, stats, g, g * 0.5, 0.8, 4, torch.float32, torch.float32, True, True, False, backend)
+    args = (hidden, weight, None, idx, stats, g, g * 0.5, TF, 4, 16, torch.float32, torch.float32, True, True, False, backend)
     _opcheck(torch.ops.weakstrong.linear_lse_entropy_backward.default, args)
 
 
@@ -193,12 +198,16 @@ def test_opcheck_linear_mixed_ce(backend, layout):
     labels = torch.randint(0, V, (N,))
     labels[1] = -100
     ins = [t.detach().requires_grad_() for t in (sh, sw, wh, ww)]
+    sb, wb = torch.randn(V).requires_grad_(), torch.randn(V).requires_grad_()
+    ins = [ins[0], ins[1], sb, ins[2], ins[3], wb]
     f32 = torch.float32
     for want in (False, True):
-        _opcheck(torch.ops.weakstrong.linear_mixed_ce.default, (*ins, labels, 0.3, -100, want, 4, f32, f32, f32, backend))
-    _, stats, _ = torch.ops.weakstrong.linear_mixed_ce(sh, sw, wh, ww, labels, 0.3, -100, False, 4, f32, f32, f32, backend)
+        _opcheck(torch.ops.weakstrong.linear_mixed_ce.default, (*ins, labels, 0.3, -100, want, TF, 4, 16, f32, f32, f32, backend))
+    _, stats, _ = torch.ops.weakstrong.linear_mixed_ce(
+        sh, sw, None, wh, ww, None, labels, 0.3, -100, False, TF, 4, 16, f32, f32, f32, backend
+    )
     g = torch.randn(N)
-    args = (sh, sw, wh, ww, labels, stats, g, 0.3, -100, 4, f32, f32, f32, [True, True, True, True], backend)
+    args = (sh, sw, None, wh, ww, None, labels, stats, g, 0.3, -100, TF, 4, 16, f32, f32, f32, [True] * 6, backend)
     _opcheck(torch.ops.weakstrong.linear_mixed_ce_backward.default, args)
 
 

@@ -123,3 +123,12 @@ def test_public_ops_refuse_mixed_devices(backend, name):
     }
     with pytest.raises(ValueError, match=r"different devices \(.* on cpu, .* on meta"):
         calls[name]()
+
+
+def test_out_of_range_topk_index_raises(torch_backend):
+    """``[..., K]`` indices (chunked torch gather) get the same IndexError as one index per row."""
+    x = torch.randn(2, 3, V)
+    idx = torch.randint(0, V, (2, 3, 4))
+    idx[1, 0, 2] = V
+    with pytest.raises(IndexError, match=rf"index {V} at \(flattened\) position 14 is outside \[0, {V}\)"):
+        selective_log_softmax(x, idx)

@@ -244,3 +244,126 @@ def test_accum_dtype_must_be_a_float_dtype(torch_backend):
         linear_selective_log_softmax_and_entropy(h, w, idx, accum_dtype=torch.int32)
     with pytest.raises(TypeError, match="accum_dtype"):
         linear_mixed_cross_entropy(h, w, h, w, idx, accum_dtype="float32")
+
+
+# ----------------------------------------------------------------------------------------------------------
+# logit transforms (TRL 1.16's names) and vocabulary tiling, against the float64 eager reference
+# ----------------------------------------------------------------------------------------------------------
+TRANSFORMS = {
+    "none": {},
+    "temperature": {"temperature": 0.7},
+    "softcap": {"final_logit_softcapping": 3.0},
+    "scale": {"logit_scale": 0.25},
+    "granite": {"logit_scale": 1 / 8.0},  # Granite's logits_scaling = 8 divides: logit_scale = 1/8
+    "all": {"final_logit_softcapping": 2.0, "logit_scale": 1.5, "temperature": 0.8},
+}
+
+
+def _head(seed, vocab=1029, hid=16, n=(2, 5), spike=True):
+    """float64 hidden states, LM head and bias; the bias makes some rows peaked (one logit ~ +12 above the rest,
+    the case that caught verl #2899's out-of-tile padding) in a column that is not a tile boundary."""
+    g = torch.Generator().manual_seed(seed)
+    hidden = torch.randn(*n, hid, generator=g, dtype=torch.float64)
+    weight = torch.randn(vocab, hid, generator=g, dtype=torch.float64) * 0.5
+    bias = torch.randn(vocab, generator=g, dtype=torch.float64) * 0.3
+    if spike:
+        bias[vocab - 3] += 12.0
+    return hidden, weight, bias
+
+
+def _mixed_kwargs(tf):
+    return {"temperature": tf.get("temperature", 1.0), "final_logit_softcapping": tf.get("final_logit_softcapping"),
+            "logit_scale": tf.get("logit_scale", 1.0)}
+
+
+@pytest.mark.parametrize("tf", list(TRANSFORMS))
+@pytest.mark.parametrize("vocab_chunk", [None, 100])
+def test_linear_logp_entropy_transforms(backend, tf, vocab_chunk):
+    """Each transform and their combination, with a bias, one vocabulary tile or 11 (1029 = 10 x 100 + 29):
+    fp32 on both paths within 5e-5 of float64 math, and float64 (torch path) within 1e-10 of it."""
+    kw = TRANSFORMS[tf]
+    hidden, weight, bias = _head(1)
+    index = torch.randint(0, 1029, (2, 5), generator=torch.Generator().manual_seed(2))
+    index[0, 0] = 1029 - 3  # a target at the spike
+    refs = [_leaf(t) for t in (hidden, weight, bias)]
+    rlp, rent = linear_selective_log_softmax_and_entropy_reference(refs[0], refs[1], index, bias=refs[2], **kw)
+    g1 = torch.randn(2, 5, generator=torch.Generator().manual_seed(3), dtype=torch.float64)
+    rgrads = torch.autograd.grad((rlp * g1).sum() + (rent * g1.flip(0)).sum(), refs)
+    for dtype, tol in ((torch.float32, 5e-5), (torch.float64, 1e-10)):
+        if dtype == torch.float64 and backend == "triton":
+            continue  # float64 always runs on the torch path
+        ins = [_leaf(t.to(dtype)) for t in (hidden, weight, bias)]
+        lp, ent = linear_selective_log_softmax_and_entropy(
+            ins[0], ins[1], index, bias=ins[2], chunk_size=3, vocab_chunk_size=vocab_chunk, **kw
+        )
+        _close(lp, rlp, tol)
+        _close(ent, rent, tol)
+        grads = torch.autograd.grad((lp * g1.to(dtype)).sum() + (ent * g1.flip(0).to(dtype)).sum(), ins)
+        for got, exp in zip(grads, rgrads):
+            assert got.shape == exp.shape and got.dtype == dtype
+            _close(got, exp, tol)
+
+
+@pytest.mark.parametrize(
+    "tf, lam", [(tf, 0.3) for tf in TRANSFORMS] + [("all", 0.0), ("all", 1.0), ("softcap", 1.0)]
+)
+def test_linear_mixed_ce_transforms_and_bias(backend, tf, lam):
+    """The transform applied to both models' logits, a bias on each LM head, 11 vocabulary tiles: loss,
+    statistics and the gradients of all six inputs vs float64 (fp32 both paths; float64 on the torch path)."""
+    kw = _mixed_kwargs(TRANSFORMS[tf])
+    hs, sw, sb = _head(4)
+    wh, ww, wb = _head(5, hid=8)
+    labels = torch.randint(0, 1029, (2, 5), generator=torch.Generator().manual_seed(6))
+    labels[0, 3], labels[1, 1] = -100, 1029 - 3
+    refs = [_leaf(t) for t in (hs, sw, sb, wh, ww, wb)]
+    rloss, rst = linear_mixed_cross_entropy_reference(
+        refs[0], refs[1], refs[3], refs[4], labels, lam=lam, reduction="sum", return_stats=True,
+        strong_bias=refs[2], weak_bias=refs[5], **kw,
+    )
+    rgrads = torch.autograd.grad(rloss, refs)
+    for dtype, tol in ((torch.float32, 5e-5), (torch.float64, 1e-10)):
+        if dtype == torch.float64 and backend == "triton":
+            continue
+        ins = [_leaf(t.to(dtype)) for t in (hs, sw, sb, wh, ww, wb)]
+        loss, st = linear_mixed_cross_entropy(
+            ins[0], ins[1], ins[3], ins[4], labels, lam=lam, reduction="sum", return_stats=True, chunk_size=4,
+            strong_bias=ins[2], weak_bias=ins[5], vocab_chunk_size=100, **kw,
+        )
+        _close(loss, rloss, tol)
+        for got, ref in zip(st, rst):
+            _close(got, ref, tol)
+        grads = torch.autograd.grad(loss, ins)
+        for got, exp in zip(grads, rgrads):
+            assert got.shape == exp.shape and got.dtype == dtype
+            _close(got, exp, tol)
+
+
+@pytest.mark.parametrize("vocab_chunk", [1, 7, 41, 64])
+def test_vocab_tiles_not_dividing_v(backend, vocab_chunk):
+    """V = 41 in tiles of 1 (41 tiles), 7 (5 full + 6), 41 (one) and 64 (wider than V): same values as float64."""
+    hidden, weight, bias = _head(7, vocab=41)
+    index = torch.randint(0, 41, (2, 5), generator=torch.Generator().manual_seed(8))
+    ins = [_leaf(t.float()) for t in (hidden, weight, bias)]
+    lp, ent = linear_selective_log_softmax_and_entropy(ins[0], ins[1], index, bias=ins[2], vocab_chunk_size=vocab_chunk,
+                                                       final_logit_softcapping=2.5)
+    refs = [_leaf(t) for t in (hidden, weight, bias)]
+    rlp, rent = linear_selective_log_softmax_and_entropy_reference(refs[0], refs[1], index, bias=refs[2],
+                                                                   final_logit_softcapping=2.5)
+    _close(lp, rlp, 5e-5)
+    _close(ent, rent, 5e-5)
+    for got, exp in zip(torch.autograd.grad(lp.sum() + ent.sum(), ins), torch.autograd.grad(rlp.sum() + rent.sum(), refs)):
+        _close(got, exp, 5e-5)
+
+
+def test_transform_arguments_are_checked(torch_backend):
+    h, w, idx = torch.randn(3, 4), torch.randn(7, 4), torch.zeros(3, dtype=torch.long)
+    with pytest.raises(ValueError, match="logit_scale must be a positive.*1/logits_scaling"):
+        linear_selective_log_softmax_and_entropy(h, w, idx, logit_scale=-2.0)
+    with pytest.raises(ValueError, match="final_logit_softcapping"):
+        linear_mixed_cross_entropy(h, w, h, w, idx, final_logit_softcapping=0.0)
+    with pytest.raises(ValueError, match="temperature"):
+        linear_mixed_cross_entropy(h, w, h, w, idx, temperature=0.0)
+    with pytest.raises(ValueError, match="vocab_chunk_size"):
+        linear_selective_log_softmax_and_entropy(h, w, idx, vocab_chunk_size=0)
+    with pytest.raises(ValueError, match="weak_bias shape"):
+        linear_mixed_cross_entropy(h, w, h, w, idx, weak_bias=torch.zeros(6))

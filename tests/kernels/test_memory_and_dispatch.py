@@ -178,3 +178,62 @@ def test_no_item_host_sync_in_hot_path(monkeypatch):
 @pytest.mark.skipif(os.environ.get("TRITON_INTERPRET") != "1", reason="interpreter only")
 def test_triton_path_is_interpreted_under_tests():
     assert type(E._lse_entropy_fwd_kernel).__name__ == "InterpretedFunction"
+
+
+# ---------------------------------------------------------------------------------------------- vocab tiles
+class _TensorShapes(torch.utils._python_dispatch.TorchDispatchMode):
+    """Records (shape, bytes) of every tensor any aten op produces (buffers, GEMM outputs, casts, views; under the
+    Triton interpreter also its byte copies of the kernel arguments)."""
+
+    def __init__(self):
+        super().__init__()
+        self.shapes = []
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        out = func(*args, **(kwargs or {}))
+        for t in torch.utils._pytree.tree_leaves(out):
+            if isinstance(t, torch.Tensor):
+                self.shapes.append((tuple(t.shape), t.numel() * t.element_size()))
+        return out
+
+
+def _hidden_state_shapes(op, vocab_chunk, backend):
+    """Shapes produced by forward + backward of a hidden-state op's implementation (the custom ops are opaque to a
+    dispatch mode, so their Python bodies are called directly)."""
+    import weakstrong.kernels.linear as L
+
+    g = torch.Generator().manual_seed(0)
+    n, hid, vocab, chunk = 16, 4, 1000, 8
+    h, w, b = torch.randn(n, hid, generator=g), torch.randn(vocab, hid, generator=g), torch.randn(vocab, generator=g)
+    idx = torch.randint(0, vocab, (n,), generator=g)
+    tf = L.LogitTransform(0.5, 3.0, 1.25)
+    f32 = torch.float32
+    with _TensorShapes() as seen:
+        if op == "logp":
+            _, _, stats = L.linear_lse_forward(h, w, b, idx, tf, chunk, vocab_chunk, f32, backend)
+            L.linear_lse_backward(h, w, b, idx, stats, torch.ones(n), torch.ones(n), tf, chunk, vocab_chunk, f32, f32,
+                                  True, True, True, backend)
+        else:
+            s, wk = L._Model(h, w, b, f32), L._Model(h * 0.5, w * 0.5, b, f32)
+            _, stats, _ = L.linear_mixed_forward(s, wk, idx, 0.4, -100, True, tf, chunk, vocab_chunk, backend)
+            L.linear_mixed_backward(s, wk, idx, 0.4, -100, stats, torch.ones(n), tf, chunk, vocab_chunk, f32,
+                                    [True] * 6, backend)
+    return seen.shapes, dict(n=n, hid=hid, vocab=vocab, chunk=chunk)
+
+
+def _too_large(shapes, n, hid, vocab, chunk, tile):
+    """Tensors above one float32 [chunk, tile] tile that are not parameter-, gradient- or per-token-shaped."""
+    allowed = {(vocab, hid), (vocab,), (n, hid), (n,), (n, 3), (n, 4), (3, chunk)}
+    return [s for s, nbytes in shapes if nbytes > 4 * chunk * tile and s not in allowed]
+
+
+@pytest.mark.parametrize("op", ["logp", "mixed"])
+def test_hidden_state_ops_working_set_is_one_vocab_tile(backend, op):
+    """Vocabulary tiling: with 8-token chunks and 100-row tiles of a 1000-word vocabulary, no tensor of either
+    pass exceeds 8 x 100 float32 values except the parameters, their float32 gradient accumulators and per-token
+    vectors.  Control: one tile of the whole vocabulary (the old working set) is caught by the same check."""
+    shapes, dims = _hidden_state_shapes(op, 100, backend)
+    assert shapes and not _too_large(shapes, tile=100, **dims), _too_large(shapes, tile=100, **dims)
+    assert (dims["chunk"], 100) in [s for s, _ in shapes]  # the tiles were seen
+    untiled, dims = _hidden_state_shapes(op, dims["vocab"], backend)
+    assert (dims["chunk"], dims["vocab"]) in _too_large(untiled, tile=100, **dims)
