@@ -59,3 +59,10 @@ def test_null_content_then_a_changed_rerun_name_the_server_and_the_flags(tmp_pat
     proc = lrl(tmp_path, "--teacher", teacher, "--teacher_max_new_tokens", "64", "--teacher_temperature", "0.7")
     assert_user_error(proc, "--teacher_max_new_tokens: saved 512, now 64", "--teacher_temperature: saved 0.0, now 0.7")
     assert "solve_max_new_tokens" not in proc.stderr and "seed: saved" not in proc.stderr
+
+
+def test_a_misspelled_recipe_key_is_refused_with_the_closest_setting(tmp_path):
+    (tmp_path / "r.yaml").write_text("task: arithmetic\nteacher_temprature: 0.5\n")
+    proc = lrl(tmp_path, "--config", str(tmp_path / "r.yaml"))
+    assert_user_error(proc, "unknown key 'teacher_temprature' (did you mean 'teacher_temperature'?); valid keys: ")
+    assert not (tmp_path / "out").exists()
