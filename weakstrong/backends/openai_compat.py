@@ -3,8 +3,9 @@
 Standard library only (``http.client``). Requests run on a small thread pool (``concurrency``), spread
 round-robin over one or several replicas of the same model (``base_url`` may be a list); each one is retried
 with exponential backoff and jitter on 429, 408, 5xx, timeouts, refused connections and malformed replies, within
-a total ``deadline``, and fails at once with a :class:`~weakstrong.backends.ConfigurationError` on 401/403/404
-naming the setting to fix. Replies are cached on disk under a hash of the request (the set of endpoints, model,
+a total ``deadline`` (``first_reply_deadline``, shorter, until an endpoint has answered once; a request awaiting
+its reply logs ``waiting for <url> (no reply for N s)``), and fails at once with a
+:class:`~weakstrong.backends.ConfigurationError` on 401/403/404 naming the setting to fix. Replies are cached on disk under a hash of the request (the set of endpoints, model,
 messages, sampling), so a rerun costs nothing. The API key is read from an environment variable at request time;
 it is never stored on the object, logged, or written to the cache.
 
@@ -57,6 +58,16 @@ class _Retryable(Exception):
     def __init__(self, reason: str, retry_after: float | None = None):
         super().__init__(reason)
         self.retry_after = retry_after
+
+
+def _readable(sock, timeout: float) -> bool:
+    """Whether ``sock`` has bytes to read (or was closed) within ``timeout`` seconds; ``poll`` where there is one
+    (no limit on descriptor numbers), ``select`` elsewhere."""
+    if hasattr(select, "poll"):
+        poller = select.poll()
+        poller.register(sock, select.POLLIN | select.POLLPRI | select.POLLERR | select.POLLHUP)
+        return bool(poller.poll(max(0, int(timeout * 1000))))
+    return bool(select.select([sock], [], [], timeout)[0])
 
 
 def _seconds(x: float) -> str:
@@ -496,8 +507,7 @@ class OpenAICompatibleChat:
             waited = time.monotonic() - sent
             if waited >= read:
                 raise _Retryable(f"read timeout: no reply within {read:g} s")
-            ready, _, _ = select.select([sock], [], [], min(every, read - waited))
-            if ready:
+            if _readable(sock, min(every, read - waited)):
                 return
             now = time.monotonic()
             with self._lock:
