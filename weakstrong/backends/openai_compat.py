@@ -71,6 +71,7 @@ def _readable(sock, timeout: float) -> bool:
 
 
 def _seconds(x: float) -> str:
+    """Seconds as a user reads them: one decimal below 10 s, whole seconds above."""
     return f"{x:.1f}" if x < 10 else f"{x:.0f}"
 
 
@@ -506,7 +507,7 @@ class OpenAICompatibleChat:
                 return  # TLS bytes already decrypted and buffered
             waited = time.monotonic() - sent
             if waited >= read:
-                raise _Retryable(f"read timeout: no reply within {read:g} s")
+                raise _Retryable(f"read timeout: no reply within {_seconds(read)} s")
             if _readable(sock, min(every, read - waited)):
                 return
             now = time.monotonic()
@@ -519,8 +520,8 @@ class OpenAICompatibleChat:
             if due:
                 since = ("nothing has come back from it yet in this run" if last_reply is None
                          else f"its last reply came {now - last_reply:.0f} s ago")
-                logger.warning("waiting for %s (no reply for %s s; %s; this attempt gives up after %g s)",
-                               endpoint.url, _seconds(now - sent), since, read)
+                logger.warning("waiting for %s (no reply for %s s; %s; this attempt gives up after %s s)",
+                               endpoint.url, _seconds(now - sent), since, _seconds(read))
 
     def _content(self, payload: dict, endpoint: _Endpoint) -> str:
         try:
@@ -564,7 +565,7 @@ class OpenAICompatibleChat:
                     self._last_reply[endpoint.base_url] = time.monotonic()
                 status, raw = resp.status, resp.read()
             except (socket.timeout, TimeoutError):
-                raise _Retryable(f"read timeout: no reply within {read:g} s") from None
+                raise _Retryable(f"read timeout: no reply within {_seconds(read)} s") from None
             except (http.client.HTTPException, OSError) as err:
                 raise _Retryable(f"connection error ({type(err).__name__}: {err})") from None
         finally:
