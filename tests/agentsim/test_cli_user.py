@@ -105,7 +105,7 @@ def test_ticks_and_days_are_numbered_from_1_everywhere_and_an_extended_run_recor
     assert _ticks(first.stdout) == ["tick 1/4 (day 1)", "tick 2/4 (day 1)"]
     rest = agentsim("simulate", "--config", tmp_path / "r.yaml")
     assert rest.returncode == 0, rest.stderr
-    assert "ticks 1-2 of 4 are done, resuming at tick 3" in rest.stdout
+    assert "ticks 1-2 of 4 done, resuming at tick 3" in rest.stdout
     assert _ticks(rest.stdout) == ["tick 3/4 (day 2)", "tick 4/4 (day 2)"]
     telemetry = json.loads((tmp_path / "run" / "telemetry.json").read_text())
     assert [row["day"] for row in telemetry] == [1, 2]  # the days the progress lines named
@@ -117,7 +117,7 @@ def test_ticks_and_days_are_numbered_from_1_everywhere_and_an_extended_run_recor
     (tmp_path / "r.yaml").write_text(yaml.safe_dump(recipe))
     more = agentsim("simulate", "--config", tmp_path / "r.yaml")
     assert more.returncode == 0, more.stderr
-    assert "ticks 1-4 of 6 are done, resuming at tick 5" in more.stdout
+    assert "ticks 1-4 of 6 done, resuming at tick 5" in more.stdout
     assert _ticks(more.stdout) == ["tick 5/6 (day 3)", "tick 6/6 (day 3)"]
     with sqlite3.connect(tmp_path / "run" / "sim.db") as conn:
         stored = json.loads(conn.execute("SELECT value FROM meta WHERE key = 'config'").fetchone()[0])

@@ -75,7 +75,7 @@ def test_steps_on_scripted_backend_then_tiny_sft(tmp_path, capsys):
     dd = run_export(recipe)
     assert (run_dir / "pairs" / "dataset_dict.json").is_file() and (run_dir / "export_counts.json").is_file()
     assert len(dd["train"]) > 0
-    assert "ticks 1-2 of 6 are done, resuming at tick 3" in capsys.readouterr().out
+    assert "ticks 1-2 of 6 done, resuming at tick 3" in capsys.readouterr().out
 
     model, tok = tiny_model("llama")
     model_dir = tmp_path / "tiny"

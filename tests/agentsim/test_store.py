@@ -174,7 +174,7 @@ def test_dropped_postgres_connection_mid_tick(pg_url, postgres_cluster, referenc
                 _terminate_backend_of(sim, postgres_cluster)
 
         sim.store.insert = insert_then_drop
-    with pytest.raises(StoreConnectionError, match=r"tick 4 of the run was not written \(ticks 1-3 are kept\): lost the connection to PostgreSQL.*"
+    with pytest.raises(StoreConnectionError, match=r"tick 4 of the run was not written \(ticks 1-3 kept\): lost the connection to PostgreSQL.*"
                                                    r"nothing of it is written.*Rerun"):
         sim.run()
     store = open_store(pg_url)

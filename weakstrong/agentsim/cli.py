@@ -25,7 +25,7 @@ STEP_HELP = {"simulate": "run or resume the simulation (RUN_DIR/sim.db), then th
 def run_simulate(recipe: dict, max_ticks: int | None = None, telemetry: bool = True,
                  allow_backend_change: bool = False) -> dict:
     from .config import SimulationConfig
-    from .simulation import Simulation
+    from .simulation import Simulation, ticks_done_text
 
     p = paths(recipe)
     p["run_dir"].mkdir(parents=True, exist_ok=True)
@@ -34,7 +34,7 @@ def run_simulate(recipe: dict, max_ticks: int | None = None, telemetry: bool = T
     sim = Simulation(cfg, backend, store_spec(recipe), allow_backend_change=allow_backend_change)
     start, t0 = sim.ticks_done, time.time()
     print(f"simulation: {cfg.agents} agents, {cfg.days} days x {cfg.ticks_per_day} ticks; database {sim.store.path}"
-          + (f"; ticks 1-{start} of {cfg.total_ticks} are done, resuming at tick {start + 1}"
+          + (f"; {ticks_done_text(start)} of {cfg.total_ticks} done, resuming at tick {start + 1}"
              if 0 < start < cfg.total_ticks else f"; all {start} ticks are done" if start >= cfg.total_ticks else ""))
 
     def progress(tick, row):  # ticks and days are numbered from 1 in everything a user reads

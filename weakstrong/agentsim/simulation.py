@@ -38,6 +38,11 @@ FEED_ITEM_CHARS = 280
 PHASE_POST, PHASE_COMMENT, PHASE_EPISODIC, PHASE_SEMANTIC = 1, 2, 3, 4
 
 
+def ticks_done_text(n: int) -> str:
+    """``n`` completed ticks in the numbering users read (from 1): "no tick", "tick 1", "ticks 1-n"."""
+    return "no tick" if n <= 0 else "tick 1" if n == 1 else f"ticks 1-{n}"
+
+
 def derive_seed(*parts: int) -> int:
     """A 31-bit seed from integers (stable across platforms and Python versions)."""
     return int(np.random.SeedSequence([int(p) for p in parts]).generate_state(1)[0] & 0x7FFFFFFF)
@@ -170,8 +175,8 @@ class Simulation:
                 return self._tick(tick, state)
             except StoreConnectionError as err:
                 self._state = None
-                raise StoreConnectionError(f"tick {tick + 1} of the run was not written (ticks 1-{tick} are kept): "
-                                           f"{err}") from None
+                raise StoreConnectionError(f"tick {tick + 1} of the run was not written ({ticks_done_text(tick)} "
+                                           f"kept): {err}") from None
             except BaseException:
                 self._state = None  # reload from the database next time
                 raise
@@ -338,8 +343,8 @@ class Simulation:
         with store.transaction():
             done = store.last_completed_tick()
             if done != tick - 1:
-                raise StoreError(f"tick {tick + 1} cannot be written: {store.path} already holds ticks 1-{done + 1} "
-                                 "(another process wrote to it); rerun to resume")
+                raise StoreError(f"tick {tick + 1} cannot be written: {store.path} already holds "
+                                 f"{ticks_done_text(done + 1)} (another process wrote to it); rerun to resume")
             for name in ("posts", "comments", "reactions", "follows"):
                 store.insert(name, rows[name])
             store.executemany("UPDATE posts SET n_comments = n_comments + ?, n_reactions = n_reactions + ?, "

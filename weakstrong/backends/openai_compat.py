@@ -3,8 +3,9 @@
 Standard library only (``http.client``). Requests run on a small thread pool (``concurrency``), spread
 round-robin over one or several replicas of the same model (``base_url`` may be a list); each one is retried
 with exponential backoff and jitter on 429, 408, 5xx, timeouts, refused connections and malformed replies, within
-a total ``deadline``, and fails at once with a :class:`~weakstrong.backends.ConfigurationError` on 401/403/404
-naming the setting to fix. Replies are cached on disk under a hash of the request (the set of endpoints, model,
+a total ``deadline`` (``first_reply_deadline``, shorter, until an endpoint has answered once; a request awaiting
+its reply logs ``waiting for <url> (no reply for N s)``), and fails at once with a
+:class:`~weakstrong.backends.ConfigurationError` on 401/403/404 naming the setting to fix. Replies are cached on disk under a hash of the request (the set of endpoints, model,
 messages, sampling), so a rerun costs nothing. The API key is read from an environment variable at request time;
 it is never stored on the object, logged, or written to the cache.
 
@@ -59,7 +60,18 @@ class _Retryable(Exception):
         self.retry_after = retry_after
 
 
+def _readable(sock, timeout: float) -> bool:
+    """Whether ``sock`` has bytes to read (or was closed) within ``timeout`` seconds; ``poll`` where there is one
+    (no limit on descriptor numbers), ``select`` elsewhere."""
+    if hasattr(select, "poll"):
+        poller = select.poll()
+        poller.register(sock, select.POLLIN | select.POLLPRI | select.POLLERR | select.POLLHUP)
+        return bool(poller.poll(max(0, int(timeout * 1000))))
+    return bool(select.select([sock], [], [], timeout)[0])
+
+
 def _seconds(x: float) -> str:
+    """Seconds as a user reads them: one decimal below 10 s, whole seconds above."""
     return f"{x:.1f}" if x < 10 else f"{x:.0f}"
 
 
@@ -495,9 +507,8 @@ class OpenAICompatibleChat:
                 return  # TLS bytes already decrypted and buffered
             waited = time.monotonic() - sent
             if waited >= read:
-                raise _Retryable(f"read timeout: no reply within {read:g} s")
-            ready, _, _ = select.select([sock], [], [], min(every, read - waited))
-            if ready:
+                raise _Retryable(f"read timeout: no reply within {_seconds(read)} s")
+            if _readable(sock, min(every, read - waited)):
                 return
             now = time.monotonic()
             with self._lock:
@@ -509,8 +520,8 @@ class OpenAICompatibleChat:
             if due:
                 since = ("nothing has come back from it yet in this run" if last_reply is None
                          else f"its last reply came {now - last_reply:.0f} s ago")
-                logger.warning("waiting for %s (no reply for %s s; %s; this attempt gives up after %g s)",
-                               endpoint.url, _seconds(now - sent), since, read)
+                logger.warning("waiting for %s (no reply for %s s; %s; this attempt gives up after %s s)",
+                               endpoint.url, _seconds(now - sent), since, _seconds(read))
 
     def _content(self, payload: dict, endpoint: _Endpoint) -> str:
         try:
@@ -554,7 +565,7 @@ class OpenAICompatibleChat:
                     self._last_reply[endpoint.base_url] = time.monotonic()
                 status, raw = resp.status, resp.read()
             except (socket.timeout, TimeoutError):
-                raise _Retryable(f"read timeout: no reply within {read:g} s") from None
+                raise _Retryable(f"read timeout: no reply within {_seconds(read)} s") from None
             except (http.client.HTTPException, OSError) as err:
                 raise _Retryable(f"connection error ({type(err).__name__}: {err})") from None
         finally:
