@@ -450,9 +450,11 @@ def main_from_argv(argv=None) -> int:
 def add_arguments(parser) -> None:
     add_passthrough_arguments(
         parser, "recipes/wmss/config.yaml",
-        "Any WMSSScriptArguments / WMSSConfig / trl ModelConfig field can be given as --name value (e.g. --mix_lambda "
-        "0.42 --use_peft true --rounds 2); see recipes/wmss/config.yaml. For several processes: accelerate launch "
-        "--config_file recipes/accelerate/ddp.yaml recipes/wmss/train.py --config recipes/wmss/config.yaml")
+        "Any setting below can be given as --name value (e.g. --mix_lambda 0.42 --use_peft true --rounds 2) or in the "
+        "--config YAML. Rerunning the same command continues the run in --output_dir (or says it is finished); "
+        "--restart true starts afresh. The example recipe ships with the package: `weakstrong recipe show wmss` "
+        "prints it. For several processes: accelerate launch --config_file ddp.yaml recipes/wmss/train.py --config "
+        "config.yaml (`weakstrong recipe show accelerate/ddp`).", build_parser)
 
 
 def main(args) -> int:
