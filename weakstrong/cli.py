@@ -45,6 +45,7 @@ COMMANDS = {
     "wmss": ("weakstrong.wmss.cli", "WMSS (weak-driven learning): SFT → entropy selection → joint training, one process"),
     "lrl": ("weakstrong.lrl.cli", "Linguistic RL: teacher journal → strategy curriculum → student SFT → evaluation"),
     "lrl-student": ("weakstrong.lrl.student_cli", "Linguistic RL stage 3 only: the student's SFT on a curriculum on disk"),
+    "recipe": ("weakstrong.recipe_files", "the recipe YAMLs shipped with the package: list them, or show one"),
     "info": ("weakstrong.info", "versions, device, cache location and whether the embedded models are installed"),
     "agentsim": ("weakstrong.agentsim.cli", "agent simulation recipe steps: simulate, export, evaluate, telemetry, report"),
 }
@@ -80,7 +81,9 @@ def main(argv: list[str] | None = None) -> int:
         return 2
 
 
-if __name__ == "__main__":  # python -m weakstrong.cli: run the imported module, whose UserError the library raises
+if __name__ == "__main__":
+    # `python -m weakstrong.cli`: run the imported module's main, whose UserError is the class library code raises
+    # (this file's own copy, __main__.UserError, is another class, so user errors would escape as tracebacks)
     from weakstrong.cli import main as _main
 
     sys.exit(_main())

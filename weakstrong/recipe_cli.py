@@ -8,17 +8,24 @@ from __future__ import annotations
 
 import argparse
 import ast
+import copy
 import json
 import os
 import re
 import sys
+import textwrap
 
 
-def add_passthrough_arguments(parser, example_config: str, epilog: str) -> None:
-    """``--config`` and pass-through of every other ``--field value`` pair (kept in ``args.overrides``)."""
+def add_passthrough_arguments(parser, example_config: str, epilog: str, build_parser=None) -> None:
+    """``--config`` and pass-through of every other ``--field value`` pair (kept in ``args.overrides``).
+    ``build_parser``: the TrlParser factory of the subcommand; ``--help`` then lists every field with its default
+    (built only when help is asked for)."""
     parser.formatter_class = argparse.RawDescriptionHelpFormatter
-    parser.epilog = epilog
+    parser.epilog = textwrap.fill(epilog, 100)
     parser.add_argument("--config", default=None, help=f"YAML recipe (e.g. {example_config})")
+    if build_parser is not None:
+        own_help = parser.format_help
+        parser.format_help = lambda: own_help() + "\n" + settings_help(build_parser(), parser.prog)
     parse_known = parser.parse_known_args
 
     def parse_known_args(args=None, namespace=None):
@@ -27,6 +34,48 @@ def add_passthrough_arguments(parser, example_config: str, epilog: str) -> None:
         return ns, []
 
     parser.parse_known_args = parse_known_args
+
+
+def settings_help(trl_parser, prog: str) -> str:
+    """Every field of a TrlParser's dataclasses as ``--name VALUE  help (default: ...)``, one section per
+    dataclass; a config class that extends TRL's ``SFTConfig`` is split into its own fields (first) and the
+    inherited ``SFTConfig`` / ``TrainingArguments`` fields (last)."""
+    import dataclasses
+
+    from trl import SFTConfig
+
+    actions = {}
+    for action in trl_parser._actions:
+        for option in action.option_strings:
+            if option not in actions:  # one spelling (--name) and one metavar per setting, to keep the list short
+                shown = copy.copy(action)
+                shown.option_strings = [option]
+                shown.metavar = None if action.choices else "VALUE"
+                actions[option] = shown
+    sections, inherited = [], None
+    for cls in trl_parser.dataclass_types:
+        names = [f.name for f in dataclasses.fields(cls) if f.init]
+        doc = (cls.__doc__ or "").strip().split("\n\n")[0].split(". ")[0].strip().rstrip(".")
+        if issubclass(cls, SFTConfig) and cls is not SFTConfig:
+            own = [n for n in names if n in cls.__dict__.get("__annotations__", {})]
+            sections.append((f"{cls.__name__} settings (in addition to SFTConfig's)", doc, own))
+            inherited = ("SFTConfig / TrainingArguments settings (TRL, transformers)",
+                         "They configure every training stage; see TRL's SFTConfig documentation",
+                         [n for n in names if n not in own])
+        else:
+            sections.append((f"{cls.__name__} settings", doc if not doc.startswith(cls.__name__ + "(") else "",
+                             names))
+    if inherited:
+        sections.append(inherited)
+    fmt = argparse.ArgumentDefaultsHelpFormatter(prog, max_help_position=36)
+    fmt.add_text("Settings: --name value on the command line, or name: value in the --config YAML (the command "
+                 "line wins).")
+    for title, description, names in sections:
+        fmt.start_section(title)
+        fmt.add_text(description)
+        fmt.add_arguments([actions[f"--{n}"] for n in names if f"--{n}" in actions])
+        fmt.end_section()
+    return fmt.format_help()
 
 
 def passthrough_argv(args, default_output_dir: str) -> list[str]:
@@ -57,7 +106,9 @@ def parse_recipe(parser, argv=None):
     except UserError:
         raise
     except FileNotFoundError as err:
-        raise UserError(f"{source}: no such file ({err.filename or err})") from err
+        raise UserError(f"{source}: no such file ({err.filename or err}). The example recipes ship with the package: "
+                        "`weakstrong recipe list` lists them, `weakstrong recipe show NAME > my.yaml` writes a copy to "
+                        "edit.") from err
     except yaml.YAMLError as err:
         raise UserError(f"{source} is not valid YAML: {err}") from err
     except (ValueError, TypeError) as err:

@@ -120,3 +120,44 @@ def test_sft_script_plus_one_stage(make_args, rooms_chat, tmp_path, tiny_llama_d
     assert out.global_step == 2
     wmss.save_model()
     assert (tmp_path / "wmss" / "adapter_model.safetensors").is_file()
+
+
+def test_plan_reads_a_journal_of_an_older_version(make_args, rooms_chat, tmp_path, tiny_llama_dir, caplog):
+    """A wmss_run.json written before the training settings were recorded still resumes (the new entries are
+    reported as unchecked and recorded); a finished one is 'finished'; a changed WMSS knob is still refused."""
+    from weakstrong.wmss.pipeline import JOURNAL, WMSSRunError, plan_wmss
+
+    data = rooms_chat.select(range(8))
+    args = chain_args(make_args, tmp_path / "run")
+    fresh = plan_wmss(str(tiny_llama_dir), data, args, sft_args={"max_steps": 2})
+    assert fresh.status == "new" and fresh.stages == ["sft", "round-1"]
+    assert fresh.identity["sft_training"]["max_steps"] == 2 and fresh.identity["training"]["max_steps"] == 2
+    old = {k: v for k, v in fresh.identity.items() if k not in ("training", "sft_training", "peft")}
+    (tmp_path / "run").mkdir()
+    (tmp_path / "run" / JOURNAL).write_text(json.dumps({"identity": old, "stages": {"sft": "x", "round-1": "y"},
+                                                        "selections": {}}))
+    plan = plan_wmss(str(tiny_llama_dir), data, args, sft_args={"max_steps": 2})
+    assert (plan.status, plan.unchecked) == ("finished", ["peft", "sft_training", "training"])
+    assert plan.describe().endswith(f"is already finished (sft, round-1); final model: {tmp_path}/run/round-1")
+    with pytest.raises(WMSSRunError, match=r"other settings \(mix_lambda: saved 0.5, now 0.3\)"):
+        plan_wmss(str(tiny_llama_dir), data, chain_args(make_args, tmp_path / "run", mix_lambda=0.3),
+                  sft_args={"max_steps": 2})
+
+
+def test_starting_over_leaves_no_old_checkpoint(make_args, rooms_chat, tmp_path, tiny_llama_dir):
+    """resume=False starts over: the previous run's stage folders go first, so none of its checkpoints (nor a round
+    the new run does not have) is left beside the new model."""
+    data = rooms_chat.select(range(8))
+    out = tmp_path / "run"
+
+    def go(max_steps, rounds):
+        args = chain_args(make_args, out, save_strategy="steps", save_steps=1)
+        args.max_steps = max_steps
+        return run_wmss(str(tiny_llama_dir), data, args, rounds=rounds, sft_args={"max_steps": max_steps})
+
+    go(2, rounds=2)
+    assert (out / "round-2").is_dir() and (out / "sft" / "checkpoint-2").is_dir()
+    go(1, rounds=1)
+    assert sorted(p.name for p in out.iterdir()) == ["round-1", "sft", "wmss_run.json"]
+    assert sorted(p.name for p in (out / "sft").glob("checkpoint-*")) == ["checkpoint-1"]
+    assert sorted(p.name for p in (out / "round-1").glob("checkpoint-*")) == ["checkpoint-1"]

@@ -136,9 +136,9 @@ def main_from_argv(argv=None) -> int:
 def add_arguments(parser) -> None:
     add_passthrough_arguments(
         parser, "recipes/lrl/config.yaml",
-        "Any LRLScriptArguments / LinguisticRLConfig / LRLModelArguments field can be given as --name value (e.g. "
-        "--teacher http://localhost:8000/v1::Qwen/Qwen2.5-7B-Instruct --train_problems 100); "
-        "see recipes/lrl/config.yaml.")
+        "Any setting below can be given as --name value (e.g. --teacher http://localhost:8000/v1::Qwen/Qwen2.5-7B-"
+        "Instruct --train_problems 100) or in the --config YAML. The example recipe ships with the package: "
+        "`weakstrong recipe show lrl` prints it.", build_parser)
 
 
 def main(args) -> int:

@@ -71,9 +71,10 @@ def main_from_argv(argv=None) -> int:
 def add_arguments(parser) -> None:
     add_passthrough_arguments(
         parser, "recipes/lrl/student.yaml",
-        "Any StudentScriptArguments / LinguisticRLConfig / LRLModelArguments field can be given as --name value; see "
-        "recipes/lrl/student.yaml. For several processes: accelerate launch --config_file recipes/accelerate/ddp.yaml "
-        "recipes/lrl/train_student.py --config recipes/lrl/student.yaml")
+        "Any setting below can be given as --name value or in the --config YAML (the loop settings of "
+        "LinguisticRLConfig are unused here). The example recipe ships with the package: `weakstrong recipe show "
+        "lrl/student` prints it. For several processes: accelerate launch --config_file ddp.yaml "
+        "recipes/lrl/train_student.py --config student.yaml (`weakstrong recipe show accelerate/ddp`).", build_parser)
 
 
 def main(args) -> int:

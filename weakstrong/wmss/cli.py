@@ -5,6 +5,11 @@ overrides): :class:`WMSSScriptArguments` (the data, the SFT stage, the number of
 ``SFTConfig`` field plus the WMSS knobs; they configure each round, and the SFT stage unless ``sft_*`` says
 otherwise) and TRL's ``ModelConfig`` (model, dtype, LoRA). It runs :func:`weakstrong.wmss.run_wmss`, in one process
 (``weakstrong wmss``) or in many (``accelerate launch ... recipes/wmss/train.py``).
+
+Like ``lrl`` and ``agentsim``, a rerun of the same command continues the run in ``output_dir`` (saying from which
+stage and checkpoint), or says it is finished and trains nothing; a run made with other settings is refused (exit
+status 2) with each difference named as a flag; ``--restart true`` moves the old run aside and starts afresh. Every
+setting that the chosen path would ignore, and every unusable input (data, model, task), is refused with a message.
 """
 
 from __future__ import annotations
@@ -313,6 +318,10 @@ def move_run_aside(root: str) -> str | None:
     if not names:
         return None
     aside = f"{os.path.abspath(root).rstrip(os.sep)}.replaced-{time.strftime('%Y%m%dT%H%M%SZ', time.gmtime())}"
+    base, n = aside, 1
+    while os.path.exists(aside):  # two restarts within one second
+        n += 1
+        aside = f"{base}-{n}"
     os.makedirs(aside)
     for name in names:
         os.rename(os.path.join(root, name), os.path.join(aside, name))
@@ -450,9 +459,11 @@ def main_from_argv(argv=None) -> int:
 def add_arguments(parser) -> None:
     add_passthrough_arguments(
         parser, "recipes/wmss/config.yaml",
-        "Any WMSSScriptArguments / WMSSConfig / trl ModelConfig field can be given as --name value (e.g. --mix_lambda "
-        "0.42 --use_peft true --rounds 2); see recipes/wmss/config.yaml. For several processes: accelerate launch "
-        "--config_file recipes/accelerate/ddp.yaml recipes/wmss/train.py --config recipes/wmss/config.yaml")
+        "Any setting below can be given as --name value (e.g. --mix_lambda 0.42 --use_peft true --rounds 2) or in the "
+        "--config YAML. Rerunning the same command continues the run in --output_dir (or says it is finished); "
+        "--restart true starts afresh. The example recipe ships with the package: `weakstrong recipe show wmss` "
+        "prints it. For several processes: accelerate launch --config_file ddp.yaml recipes/wmss/train.py --config "
+        "config.yaml (`weakstrong recipe show accelerate/ddp`).", build_parser)
 
 
 def main(args) -> int:

@@ -51,7 +51,8 @@ class WMSSConfig(SFTConfig):
     optimizer steps over the selected set, `learning_rate` is phase 3's, checkpoints are `output_dir/checkpoint-N`.
     Differences with TRL, for settings left unset: `bf16` means bf16 only where the accelerator supports it (TRL turns
     it on and then fails on a CPU), `dataloader_pin_memory` pins only where an accelerator exists, and
-    `activation_checkpointing` is TRL's default (on) without the deprecated `gradient_checkpointing` name. The whole method (M0 → SFT → K rounds) is [`run_wmss`].
+    `activation_checkpointing` is TRL's default (on) without the deprecated `gradient_checkpointing` name. The whole
+    method (M0 → SFT → K rounds) is [`run_wmss`].
 
     Parameters:
         mix_lambda (`float`, *optional*, defaults to `0.5`):

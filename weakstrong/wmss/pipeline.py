@@ -95,8 +95,20 @@ def _plain(value):
     return str(value)
 
 
-def _training_settings(config) -> dict:
-    return {k: _plain(getattr(config, k)) for k in TRAINING_FIELDS if hasattr(config, k)}
+def _training_settings(config, overrides=None) -> dict:
+    overrides = dict(overrides or {})
+    return {k: _plain(overrides[k] if k in overrides else getattr(config, k)) for k in TRAINING_FIELDS
+            if hasattr(config, k)}
+
+
+def _sft_settings(args, sft_args) -> dict:
+    """The SFT stage's training settings, read without building its config (a TrainingArguments built and dropped
+    here would leave transformers' global DeepSpeed-config reference pointing at a dead object)."""
+    from trl import SFTConfig
+
+    if isinstance(sft_args, SFTConfig):
+        return _training_settings(sft_args)
+    return _training_settings(args, sft_args)
 
 
 def _sft_config(args, sft_args, output_dir):
@@ -170,8 +182,7 @@ def plan_wmss(model, train_dataset, args, *, rounds: int = 1, sft: bool = True, 
                 "sft": bool(sft), "rounds": int(rounds), "lora": lora, "data": _dataset_digest(train_dataset),
                 "n_train": len(train_dataset), **{k: _plain(getattr(args, k)) for k in IDENTITY_FIELDS},
                 "training": _training_settings(args),
-                "sft_training": _training_settings(_sft_config(args, sft_args, os.path.join(root, "sft")))
-                if sft else None,
+                "sft_training": _sft_settings(args, sft_args) if sft else None,
                 "peft": {k: _plain(getattr(peft_config, k)) for k in PEFT_FIELDS if hasattr(peft_config, k)}
                 if lora else None,
                 **(identity_extra or {})}
@@ -191,8 +202,7 @@ def plan_wmss(model, train_dataset, args, *, rounds: int = 1, sft: bool = True, 
     old = _read_json(journal_path)
     saved, now = _flatten(old.get("identity", {})), _flatten(identity)
     names = setting_names or {}
-    plan.unchecked = sorted(k for k in now if k not in saved and not any(s.startswith(k + ".") for s in saved))
-    plan.unchecked = [k for k in plan.unchecked if k.split(".")[0] not in old.get("identity", {})]
+    plan.unchecked = sorted(k for k in identity if k not in old.get("identity", {}))
     diffs: dict[str, tuple[Any, Any]] = {}
     for k in now:
         if k in saved and saved[k] != now[k]:

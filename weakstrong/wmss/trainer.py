@@ -179,11 +179,11 @@ class WMSSTrainer(SFTTrainer):
         self.callback_handler.model = self.model
         self.model_accepts_loss_kwargs = True  # the mixed loss is normalised by num_items_in_batch
         self.add_callback(_SelectionLog(self))
-        if (self._adapters and args.gradient_checkpointing and self.is_deepspeed_enabled
+        if (self._adapters and args.activation_checkpointing and self.is_deepspeed_enabled
                 and self.accelerator.state.deepspeed_plugin.zero_stage == 3):
             # Not verified: the adapter-pinned recomputation (joint.py) has been tested with DDP / one process only.
             raise ValueError("WMSS LoRA mode under DeepSpeed ZeRO-3 with gradient_checkpointing is not verified yet. "
-                             "Fix: set gradient_checkpointing=False, or use ZeRO-2 / DDP, or full fine-tuning.")
+                             "Fix: set activation_checkpointing=False, or use ZeRO-2 / DDP, or full fine-tuning.")
 
     # ------------------------------------------------------------------ models
     @property
