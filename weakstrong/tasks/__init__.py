@@ -2,6 +2,7 @@
 
 from .arithmetic import ArithmeticTask
 from .base import FORMATS, Task
+from .dataset import DatasetTask, load_table
 from .meeting_rooms import MeetingRoomsTask, peak_concurrency, schedulable
 
 TASKS = {"meeting_rooms": MeetingRoomsTask, "arithmetic": ArithmeticTask}
@@ -15,5 +16,5 @@ def get_task(name: str) -> Task:
         raise ValueError(f"unknown task {name!r}; choose one of {sorted(TASKS)}") from None
 
 
-__all__ = ["Task", "FORMATS", "MeetingRoomsTask", "ArithmeticTask", "TASKS", "get_task", "peak_concurrency",
+__all__ = ["Task", "FORMATS", "DatasetTask", "load_table", "MeetingRoomsTask", "ArithmeticTask", "TASKS", "get_task", "peak_concurrency",
            "schedulable"]
