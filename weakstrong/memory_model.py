@@ -1,11 +1,12 @@
-"""Per-GPU memory model of SFT and WMSS at the paper's settings (Qwen3-4B / Qwen3-8B, 8 GPUs, ZeRO-3).
+"""Per-GPU memory model of SFT and WMSS (defaults: the paper's settings, Qwen3-4B / Qwen3-8B, 8 GPUs, ZeRO-3).
 
 ``breakdown(arch, mode, path)`` returns the bytes per GPU of weights, gradients, optimizer state, ZeRO-3
-gathered weights, activations and the loss's logits / temporaries, and a peak; ``python
-benchmarks/methods/wmss_memory_model.py`` prints the assumptions and the table (``--out`` also writes it as
-markdown). It is an estimate from formulas, not a measurement: each term is listed with its formula so that a
-reader can check it, and ``tests/wmss/test_memory_model.py`` checks the parameter counts against real
-transformers models and the loss terms against the tensors the kernels actually keep.
+gathered weights, activations and the loss's logits / temporaries, and a peak; ``weakstrong plan`` runs it on a
+user's model and hardware and searches which micro-batch / ZeRO stage / checkpointing fits (:func:`fit_options`);
+``python benchmarks/methods/wmss_memory_model.py`` prints the assumptions and the paper-settings table. It is an
+estimate from formulas, not a measurement: each term is listed with its formula so that a reader can check it, and
+``tests/wmss/test_memory_model.py`` checks the parameter counts against real transformers models and the loss
+terms against the tensors the kernels actually keep.
 
 Modes: ``sft`` (one model), ``wmss_full`` (strong + weak, both trained), ``wmss_frozen_weak`` (the weak model
 frozen, a no-grad forward), ``wmss_lora`` (one base copy, two trainable LoRA adapters, the LM head frozen).
@@ -15,7 +16,7 @@ supervised positions for WMSS), ``hidden`` (last hidden states into the chunked 
 
 from __future__ import annotations
 
-import argparse
+import json
 import os
 from dataclasses import dataclass, field, replace
 
@@ -106,6 +107,17 @@ QWEN3_8B = Arch(
            "matrices: untied), 36 layers, GQA 32/8; Qwen3-8B-Base has this architecture",
 )
 
+QWEN25_3B = Arch(
+    "Qwen2.5-3B", vocab=151_936, hidden=2048, layers=36, intermediate=11008, heads=16, kv_heads=2, head_dim=128,
+    tied=True, qkv_bias=True,
+    source="config.json of Qwen/Qwen2.5-3B: hidden_size 2048, num_hidden_layers 36, intermediate_size 11008, "
+           "num_attention_heads 16, num_key_value_heads 2, vocab_size 151936, tie_word_embeddings true (Qwen2: "
+           "q/k/v biases); model card: 3.09B parameters, 2.77B non-embedding, which param_count reproduces",
+)
+#: hub ids whose architecture is known without a download (the -Base and instruct checkpoints share it)
+KNOWN = {"qwen/qwen3-4b-base": QWEN3_4B, "qwen/qwen3-4b": QWEN3_4B, "qwen/qwen3-8b-base": QWEN3_8B,
+         "qwen/qwen3-8b": QWEN3_8B, "qwen/qwen2.5-3b": QWEN25_3B, "qwen/qwen2.5-3b-instruct": QWEN25_3B}
+
 ALL_LINEAR = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
 
 
@@ -172,6 +184,8 @@ class Settings:
     lora_targets: tuple = ALL_LINEAR
     gpu_gib: float = 80.0  # paper: 8 x H800 80 GB
     chunk_tokens: int | None = None  # hidden path: tokens per chunk (None: the kernels' CUDA default)
+    zero_stage: int = 3  # DeepSpeed ZeRO stage 0 (plain data parallel) .. 3
+    checkpointing: bool = True  # gradient checkpointing on every decoder layer
     notes: tuple = field(default=())
 
     def chunk(self, vocab: int) -> int:
@@ -207,6 +221,9 @@ Assumptions (per GPU; every figure is an estimate from these formulas, not a mea
   chunk's logits and logit gradients per model (2·2·c·V B each) and the LM head's full bf16 weight gradient
   [V, H] (2·V·H B, before ZeRO-3 reduce-scatters it) per trained head; in WMSS both heads stay gathered for the
   call. LoRA mode: the LM head is frozen (not a LoRA target), no head gradient.
+- Other ZeRO stages (weakstrong plan): stage 2 keeps the full bf16 weights on every GPU (no gathering), stage 1
+  also the full gradients, stage 0 also the full optimizer state; the same bytes per parameter otherwise.
+  Without gradient checkpointing every layer's activations are kept (layers x one layer's saved activations).
 - Not modelled: CUDA context + NCCL buffers + allocator fragmentation (typically 1-3 GiB), ZeRO-3 reduce buckets
   (H^2 elements), the data/tokenizer, evaluation, the λ = 1 shortcut.
 """
@@ -261,30 +278,40 @@ def breakdown(arch: Arch, mode: str, path: str, st: Settings = Settings()) -> di
     p_lora = lora_param_count(arch, st.lora_rank, st.lora_targets) if lora else 0
     trained = {"sft": p, "wmss_full": 2 * p, "wmss_frozen_weak": p, "wmss_lora": 2 * p_lora}[mode]
     frozen = {"sft": 0, "wmss_full": 0, "wmss_frozen_weak": p, "wmss_lora": p}[mode]
-    weights = (BF16 * (trained + frozen)) // g
-    grads = (BF16 * trained) // g
-    optimizer = (3 * FP32 * trained) // g
-    step_transient = (FP32 * trained) // g
+    if st.zero_stage not in (0, 1, 2, 3):
+        raise ValueError(f"zero_stage must be 0, 1, 2 or 3, got {st.zero_stage}")
+    # ZeRO partitions the optimizer state from stage 1, the gradients from 2, the weights at 3
+    part_opt, part_grad, part_w = (g if st.zero_stage >= k else 1 for k in (1, 2, 3))
+    weights = (BF16 * (trained + frozen)) // part_w
+    grads = (BF16 * trained) // part_grad
+    optimizer = (3 * FP32 * trained) // part_opt
+    step_transient = (FP32 * trained) // part_opt
 
-    # activations: checkpoints of every model with grad, one layer's recompute + its gradients
+    # activations: with checkpointing, each model with grad keeps every layer's input and recomputes one layer at a
+    # time (its activations + gradients); without, it keeps every layer's activations, and the backward adds one
+    # layer's activation gradients
     with_grad = {"sft": 1, "wmss_full": 2, "wmss_frozen_weak": 1, "wmss_lora": 2}[mode]
     targets = st.lora_targets if lora else ()
-    checkpoints = with_grad * (arch.layers * BF16 * s * arch.hidden + 6 * s * arch.hidden)
-    outputs = (2 - with_grad if mode != "sft" else 0) * BF16 * st.micro_batch * st.supervised * arch.hidden
     layer = layer_activation_bytes(arch, s, st.lora_rank, targets)
-    layer_bwd = layer + s * (4 * arch.intermediate + 4 * arch.hidden)
+    if st.checkpointing:
+        checkpoints = with_grad * (arch.layers * BF16 * s * arch.hidden + 6 * s * arch.hidden)
+        layer_bwd = layer + s * (4 * arch.intermediate + 4 * arch.hidden)
+    else:
+        checkpoints = with_grad * (arch.layers * layer + 6 * s * arch.hidden)
+        layer_bwd = s * (4 * arch.intermediate + 4 * arch.hidden)
+    outputs = (2 - with_grad if mode != "sft" else 0) * BF16 * st.micro_batch * st.supervised * arch.hidden
     activations = checkpoints + outputs + layer_bwd
 
     loss = loss_terms(arch, mode, path, st)
     loss_total = sum(loss.values())
 
-    # ZeRO-3 gathered bf16 weights
+    # ZeRO-3 gathered bf16 weights (below stage 3 the weights are resident and counted in ``weights``)
     prefetch = BF16 * int(0.9 * arch.hidden**2)
     layer_w = BF16 * layer_param_count(arch)
     head_w = BF16 * arch.vocab * arch.hidden
     heads_at_loss = 1 if (mode == "sft" or lora or path == "logits") else 2
-    gathered_layer = layer_w + prefetch
-    gathered_loss = heads_at_loss * head_w + prefetch
+    gathered_layer = layer_w + prefetch if st.zero_stage == 3 else 0
+    gathered_loss = heads_at_loss * head_w + prefetch if st.zero_stage == 3 else 0
     gathered = max(gathered_layer, gathered_loss)
 
     persistent = weights + grads + optimizer
@@ -301,6 +328,8 @@ def breakdown(arch: Arch, mode: str, path: str, st: Settings = Settings()) -> di
         "peak": peak, "peak_phase": max((phase_loss, "loss"), (phase_layer, "layer backward"),
                                         (step_transient, "optimizer step"))[1],
         "fits": peak <= st.gpu_gib * GiB,
+        "zero_stage": st.zero_stage, "checkpointing": st.checkpointing, "micro_batch": st.micro_batch,
+        "seq_len": st.seq_len, "gpus": st.gpus,
     }
 
 
@@ -365,23 +394,60 @@ def report(st: Settings = Settings()) -> str:
     return "\n".join(out)
 
 
-def main(argv=None):
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--seq-len", type=int, default=4096)
-    p.add_argument("--supervised", type=int, default=None, help="supervised tokens per sequence (default: seq-len)")
-    p.add_argument("--gpus", type=int, default=8)
-    p.add_argument("--lora-rank", type=int, default=16)
-    p.add_argument("--out", default=None, help="also write the report to this markdown file")
-    opts = p.parse_args(argv)
-    st = replace(Settings(), seq_len=opts.seq_len, supervised=opts.supervised or opts.seq_len, gpus=opts.gpus,
-                 lora_rank=opts.lora_rank)
-    text = report(st)
-    print(text)
-    if opts.out:
-        os.makedirs(os.path.dirname(os.path.abspath(opts.out)), exist_ok=True)
-        with open(opts.out, "w") as f:
-            f.write(text)
+# --------------------------------------------------------------------------------------------- planning
+
+MODE_NAMES = {"sft": "sft", "wmss": "wmss_full", "wmss_full": "wmss_full", "frozen-weak": "wmss_frozen_weak",
+              "wmss_frozen_weak": "wmss_frozen_weak", "lora": "wmss_lora", "wmss_lora": "wmss_lora"}
+#: GiB per GPU left for what the model does not count (CUDA context, NCCL buffers, fragmentation: 1-3 GiB)
+RESERVE_GIB = 3.0
 
 
-if __name__ == "__main__":
-    main()
+def load_arch(model: str) -> Arch:
+    """The architecture of ``model``: a ``config.json`` path, a folder holding one, a known hub id (Qwen3-4B/8B(-Base),
+    Qwen2.5-3B(-Instruct): built in, no download) or another hub id (its config.json is downloaded; offline, the
+    error says to pass the file)."""
+    from .cli import UserError
+
+    path = os.path.join(model, "config.json") if os.path.isdir(model) else model
+    if os.path.isfile(path):
+        try:
+            with open(path) as f:
+                cfg = json.load(f)
+        except json.JSONDecodeError as err:
+            raise UserError(f"{path}: not a JSON config ({err})") from err
+        try:
+            return Arch.from_config(cfg, name=cfg.get("_name_or_path") or os.path.basename(os.path.dirname(
+                os.path.abspath(path))) or cfg.get("model_type"))
+        except (ValueError, TypeError) as err:
+            raise UserError(f"{path}: {err}") from err
+    if model.lower() in KNOWN:
+        return KNOWN[model.lower()]
+    if os.path.exists(model) or model.endswith(".json"):
+        raise UserError(f"{model}: no config.json there")
+    try:
+        from huggingface_hub import hf_hub_download
+
+        cfg_path = hf_hub_download(model, "config.json")
+    except Exception as err:  # offline (HF_HUB_OFFLINE), no such repo, no network, gated...
+        raise UserError(f"cannot fetch the config of {model!r} from the hub ({type(err).__name__}: {err}). Pass the "
+                        "path of its config.json (or the model's folder) instead; built in without a download: "
+                        f"{', '.join(sorted(KNOWN))}") from err
+    return load_arch(cfg_path)
+
+
+def fit_options(arch: Arch, mode: str, path: str, st: Settings, micro_batches=(1, 2, 4, 8, 16, 32),
+                stages=(0, 1, 2, 3), reserve_gib: float = RESERVE_GIB) -> list[dict]:
+    """Every (ZeRO stage, checkpointing, micro-batch) with its peak and whether it fits ``gpu_gib - reserve_gib``.
+
+    Sorted by preference among those that fit: no checkpointing first (it saves a recompute, about a third of the
+    compute), then the largest micro-batch, then the lowest ZeRO stage (less communication)."""
+    out = []
+    budget = (st.gpu_gib - reserve_gib) * GiB
+    for stage in stages:
+        for ckpt in (False, True):
+            for mb in micro_batches:
+                b = breakdown(arch, mode, path, replace(st, zero_stage=stage, checkpointing=ckpt, micro_batch=mb))
+                out.append({"zero_stage": stage, "checkpointing": ckpt, "micro_batch": mb, "peak_gib": b["peak"] / GiB,
+                            "peak_phase": b["peak_phase"], "fits": b["peak"] <= budget})
+    out.sort(key=lambda o: (not o["fits"], o["checkpointing"], -o["micro_batch"], o["zero_stage"]))
+    return out

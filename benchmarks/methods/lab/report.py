@@ -10,7 +10,7 @@ from collections import defaultdict
 
 import numpy as np
 
-from weakstrong.stats import mean_ci, paired_bootstrap, paired_t_ci, seeds_needed
+from weakstrong.stats import READING_TIGHT, mean_ci, paired_bootstrap, paired_t_ci, reading, seeds_needed
 
 from .arms import ARMS, CONTROLS, RATE_CONTROL, SWEEP, arm_weak
 from .config import LabConfig
@@ -126,21 +126,8 @@ CLAIMS = (
     ("L' λ = 0.3 vs 0.5", "wmss_l0.3", "wmss"),
     ("L'' λ = 0.3 at 5e-4 vs λ = 0.3 at 1e-3", "wmss_l0.3_lr5e-4", "wmss_l0.3"),
 )
-#: a null is "tight" when the whole 95% interval of the difference lies within ± this many accuracy units
-TIGHT = 0.005
-
-
-def reading(ci) -> str:
-    """The reading rule for a claim "a > b" from the paired 95% interval of a − b."""
-    if ci is None:
-        return "n/a"
-    if ci.low > 0:
-        return "reproduced"
-    if ci.high < 0:
-        return "not reproduced (reversed)"
-    if ci.high <= TIGHT:
-        return f"not reproduced (any gain < {100 * TIGHT:g} point)"
-    return "not resolved"
+# the reading rule lives in the library (weakstrong verdict reads its comparisons with it too)
+TIGHT = READING_TIGHT
 
 
 def claims(rows, correct) -> str:
