@@ -101,7 +101,7 @@ def text(p: dict) -> str:
     if r is None:
         lines.append("nothing fits: fewer tokens per sequence, more GPUs, LoRA mode or a frozen weak model")
     else:
-        lines.append(f"recommended (no checkpointing first, then the largest micro-batch, then the lowest stage): "
+        lines.append(f"recommended (the largest micro-batch, then no checkpointing, then the lowest stage): "
                      f"ZeRO-{r['zero_stage']}, checkpointing {'on' if r['checkpointing'] else 'off'}, micro-batch "
                      f"{r['micro_batch']} x {r['accumulation']} accumulation steps: peak {r['peak_gib']:.1f} GiB")
         lines += ["", "what fits (stage, checkpointing, micro-batch: peak GiB):"]
