@@ -114,6 +114,24 @@ def test_generation_is_saved_resumed_and_regraded(paper_benchmarks, tmp_path):
                             get_protocol("paper", max_new_tokens=64), out)
 
 
+def test_sampling_protocol_with_transformers_is_seeded_per_problem(paper_benchmarks, tmp_path):
+    from weakstrong.math_eval import TransformersGenerator
+    from weakstrong.models import tiny_model
+
+    model, tok = tiny_model("qwen2")
+    bench = load_benchmark("MATH-500", paper_benchmarks["MATH-500"][0], limit=3)
+    proto = get_protocol("pass@k", samples=2, max_new_tokens=5)
+    assert proto.ks == (1, 2)
+    runs = []
+    for name, chunk in (("a", 3), ("b", 1)):  # other batching: the same completions (per-problem seeds)
+        summary = evaluate_benchmarks(TransformersGenerator(model, tok), "tiny", [bench], proto, str(tmp_path / name),
+                                      chunk=chunk)
+        assert "pass@2" in summary["benchmarks"]["MATH-500"]
+        runs.append([json.loads(x)["completions"] for x in open(tmp_path / name / "MATH-500" / "generations.jsonl")])
+    assert runs[0] == runs[1] and all(len(c) == 2 for c in runs[0])
+    assert any(c[0] != c[1] for c in runs[0])  # two samples of one problem differ
+
+
 def _cli(*argv, cwd=None):
     code = "import sys; from weakstrong.cli import main; sys.exit(main(sys.argv[1:]))"
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "COLUMNS": "200"}

@@ -97,7 +97,7 @@ def test_the_comparison_end_to_end_at_tiny_scale(paper_benchmarks, tiny_chat_dir
     recipe.write_text(TINY_RECIPE.format(data=data, model=tiny_chat_dir))
     out = tmp_path / "run"
     argv = [PAPER, "--recipe", str(recipe), "--out", str(out), "--launcher", "python", "--processes", "1",
-            "--global-batch", "4", "--limit", "2", "--max-new-tokens", "4", "--backend", "transformers"]
+            "--global-batch", "4", "--max-new-tokens", "4", "--backend", "transformers"]
     for name, (path, _) in paper_benchmarks.items():
         argv += ["--benchmark", f"{name}={path}"]
     r = _run(*argv)
@@ -112,6 +112,7 @@ def test_the_comparison_end_to_end_at_tiny_scale(paper_benchmarks, tiny_chat_dir
         assert (out / arm / "final" / "config.json").is_file() and (out / arm / "final" / "tokenizer_config.json").is_file()
         summary = json.loads((out / "eval" / arm / "summary.json").read_text())
         assert set(summary["benchmarks"]) == set(paper_benchmarks) and summary["average"]["all_complete"]
+        assert all(e["n"] == 20 for e in summary["benchmarks"].values())
         assert json.loads((out / "eval" / arm / "run.json").read_text())["model"] == str(out / arm / "final")
     verdict = (out / "verdict" / "verdict.md").read_text()
     assert "SFT+WMSS − SFT" in verdict and "| **average** |" in verdict
