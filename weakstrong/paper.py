@@ -107,6 +107,8 @@ def add_arguments(parser) -> None:
                         help="accelerate: accelerate launch with --accelerate-config; python: one process")
     parser.add_argument("--accelerate-config", default="recipes/accelerate/zero3.yaml",
                         help="the accelerate config of the training runs (the paper: DeepSpeed ZeRO-3, bf16)")
+    parser.add_argument("--accelerate-args", default="",
+                        help="more accelerate launch options, one string (e.g. '--mixed_precision no' on CPU)")
     parser.add_argument("--protocol", default="paper", choices=["paper", "pass@k"])
     parser.add_argument("--backend", default="auto", choices=["auto", "vllm", "transformers"])
     parser.add_argument("--limit", type=int, default=None, help="evaluation: the first N problems per benchmark")
@@ -151,7 +153,7 @@ def _train_command(args, script: str, output_dir: str, accum: int, extra: list[s
     if args.launcher == "python":
         return [sys.executable, script, *trainer_args]
     launch = [sys.executable, "-m", "accelerate.commands.launch", "--config_file", args.accelerate_config,
-              "--num_processes", str(args.processes)]
+              "--num_processes", str(args.processes), *shlex.split(args.accelerate_args)]
     if "deepspeed" in open(args.accelerate_config).read().lower():
         launch += ["--gradient_accumulation_steps", str(accum)]  # DeepSpeed's own copy must match the trainer's
     return [*launch, script, *trainer_args]
@@ -188,6 +190,8 @@ def run_paper(args, scripts: dict, log=print) -> dict:
         raise UserError(f"--processes must be >= 1, got {args.processes}")
     if args.launcher == "python" and args.processes != 1:
         raise UserError("--launcher python runs one process; use --launcher accelerate for several")
+    if args.launcher == "python" and args.accelerate_args:
+        raise UserError("--accelerate-args apply to --launcher accelerate")
     if args.launcher == "accelerate" and not os.path.isfile(args.accelerate_config):
         raise UserError(f"{args.accelerate_config}: no such accelerate config")
     for item in args.set:
@@ -208,9 +212,13 @@ def run_paper(args, scripts: dict, log=print) -> dict:
     finals = {}
     for arm in ARMS:
         arm_dir = os.path.join(args.out, arm)
-        finals[arm] = os.path.join(arm_dir, "final")
-        extra = ["--final_dir", finals[arm]] + (["--resume", "true"] if arm == "sft_wmss" else [])
+        # the WMSS chain's final model is its last stage's folder (round-1); the SFT arm saves to final/
+        finals[arm] = os.path.join(arm_dir, "round-1" if arm == "sft_wmss" else "final")
+        extra = ["--resume", "true"] if arm == "sft_wmss" else ["--final_dir", finals[arm]]
         _step(f"train {arm}", arm_dir, _train_command(args, scripts[arm], arm_dir, accum, extra), args.dry_run, log)
+        if not args.dry_run and not os.path.isfile(os.path.join(finals[arm], "config.json")):
+            raise UserError(f"training {arm} finished without a model in {finals[arm]}; delete {arm_dir}/{DONE} "
+                            "and run the same command again")
     if not args.benchmark:
         log("no --benchmark: training only")
         return {"finals": finals}

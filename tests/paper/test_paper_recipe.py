@@ -108,12 +108,12 @@ def test_the_comparison_end_to_end_at_tiny_scale(paper_benchmarks, tiny_chat_dir
     assert set(wmss_log["stages"]) >= {"sft", "round-1"}
     sft_log = json.loads((out / "sft" / "sft_baseline_log_history.json").read_text())
     assert sum("loss" in e for e in sft_log["log_history"]) == 4  # logging_steps 1
-    for arm in ("sft_wmss", "sft"):
-        assert (out / arm / "final" / "config.json").is_file() and (out / arm / "final" / "tokenizer_config.json").is_file()
+    for arm, final in (("sft_wmss", "round-1"), ("sft", "final")):
+        assert (out / arm / final / "config.json").is_file() and (out / arm / final / "tokenizer_config.json").is_file()
         summary = json.loads((out / "eval" / arm / "summary.json").read_text())
         assert set(summary["benchmarks"]) == set(paper_benchmarks) and summary["average"]["all_complete"]
         assert all(e["n"] == 20 for e in summary["benchmarks"].values())
-        assert json.loads((out / "eval" / arm / "run.json").read_text())["model"] == str(out / arm / "final")
+        assert json.loads((out / "eval" / arm / "run.json").read_text())["model"] == str(out / arm / final)
     verdict = (out / "verdict" / "verdict.md").read_text()
     assert "SFT+WMSS − SFT" in verdict and "| **average** |" in verdict
     assert (out / "verdict" / "verdict.csv").is_file() and (out / "verdict" / "verdict.png").is_file()
@@ -159,4 +159,5 @@ def test_paper_driver_dry_run_shows_accelerate_commands(tmp_path, capsys):
     out = capsys.readouterr().out
     assert "global batch 512 = 8 per device x 8 processes x 8 accumulation steps" in out
     assert out.count("accelerate.commands.launch") == 2 and out.count("--gradient_accumulation_steps 8") == 4
+    assert "--resume true" in out and "--mixed_precision" not in out
     assert "weakstrong.cli eval" in out and "weakstrong.cli verdict" in out
