@@ -78,11 +78,9 @@ def sft_baseline_run(script, config, model_args) -> dict:
                          peft_config=get_peft_config(model_args), callbacks=[history_callback(history)])
     resume = get_last_checkpoint(cfg.output_dir) if os.path.isdir(cfg.output_dir) else None
     final = script.final_dir or os.path.join(cfg.output_dir, "final")
-    summary = train_and_save(trainer, resume, final, os.path.join(cfg.output_dir, "sft_baseline_log_history.json"),
-                             history)
-    if trainer.accelerator.is_main_process:
-        tokenizer.save_pretrained(final)
-    return summary
+    # save_model writes the tokenizer too (processing_class); every rank leaves together (train_and_save's barrier)
+    return train_and_save(trainer, resume, final, os.path.join(cfg.output_dir, "sft_baseline_log_history.json"),
+                          history)
 
 
 def sft_main_from_argv(argv=None) -> int:
