@@ -142,7 +142,7 @@ def plot(path: str, result: dict) -> None:
     ax.set_yticks(y)
     ax.set_yticklabels([f"{r['benchmark']} (n={r['problems']})" for r in rows])
     ax.set_xlabel(f"{na} − {nb}, pass@1 points ({rows[0]['confidence']:.0%} bootstrap interval)")
-    ax.set_title(f"{na} vs {nb}: green = {na} better, red = worse, grey = the interval includes 0", fontsize=10)
+    ax.set_title(f"{na} vs {nb}\ngreen = {na} better, red = worse, grey = the interval includes 0", fontsize=10)
     ax.grid(axis="x", alpha=0.3)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
