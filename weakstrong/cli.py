@@ -41,7 +41,13 @@ def user_error_types() -> tuple[type[BaseException], ...]:
 # name -> (module, one-line help)
 COMMANDS = {
     "demo": ("weakstrong.demo", "the main job: the embedded model on a built-in task, before/after"),
-    "eval": ("weakstrong.eval_cli", "evaluate a model (path, hub id or 'default') on a built-in task"),
+    "eval": ("weakstrong.eval_cli", "evaluate a model on a built-in task, or on math benchmarks from local files "
+                                    "(--benchmark NAME=PATH: the paper's protocol, math-verify, resumable)"),
+    "verdict": ("weakstrong.verdict", "arm A vs arm B from evaluated runs: paired differences with bootstrap "
+                                      "intervals per benchmark and averaged, read with the lab's rule"),
+    "prepare-math": ("weakstrong.mathdata", "the WMSS paper's math training set (AM-DeepSeek-R1-Distilled math rows, "
+                                            "filtered by math-verify) from local files into a dataset folder"),
+    "plan": ("weakstrong.plan_cli", "per-GPU memory of SFT / WMSS for a model config and hardware, and what fits"),
     "wmss": ("weakstrong.wmss.cli", "WMSS (weak-driven learning): SFT → entropy selection → joint training, one process"),
     "lrl": ("weakstrong.lrl.cli", "Linguistic RL: teacher journal → strategy curriculum → student SFT → evaluation"),
     "lrl-student": ("weakstrong.lrl.student_cli", "Linguistic RL stage 3 only: the student's SFT on a curriculum on disk"),

@@ -6,6 +6,7 @@ from typing import Any, Callable, Sequence
 
 import torch
 
+from .grading import grade_math, grade_math_record  # noqa: F401  (public: weakstrong.evaluation.grade_math)
 from .tasks import Task
 
 

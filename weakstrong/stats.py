@@ -8,6 +8,9 @@ interval that says whether the data allow it:
   t-interval: the seed-to-seed variation the arms share cancels;
 * :func:`paired_bootstrap` — two models scored on the same test problems: the difference of their accuracies with
   a percentile interval from resampling the problems (one seed; the test-set sampling noise only);
+* :func:`paired_bootstrap_runs` — several benchmarks, one or more runs (seeds) per arm: the per-benchmark and
+  macro-averaged differences with intervals that resample the problems and, with several runs, the runs too;
+* :func:`reading` — the reading rule every claim is read with (the lab's and ``weakstrong verdict``'s);
 * :func:`seeds_needed` — how many seeds make a t-interval's half-width at most a target, given a pilot's SD.
 
 The t quantile is computed here (regularised incomplete beta by continued fraction, then bisection), so the module
@@ -24,7 +27,7 @@ from typing import Sequence
 import numpy as np
 
 __all__ = ["Interval", "t_cdf", "t_quantile", "mean_ci", "paired_t_ci", "paired_bootstrap", "seeds_needed",
-           "binomial_se"]
+           "binomial_se", "READING_TIGHT", "reading", "paired_bootstrap_runs"]
 
 
 @dataclass(frozen=True)
@@ -241,3 +244,81 @@ def binomial_se(p: float, n: int) -> float:
     if not 0.0 <= p <= 1.0 or n < 1:
         raise ValueError(f"need 0 <= p <= 1 and n >= 1, got p={p}, n={n}")
     return math.sqrt(p * (1.0 - p) / n)
+
+
+# --------------------------------------------------------------------------------------------- the reading rule
+
+#: a null is "tight" when the whole 95% interval of the difference lies below + this many accuracy units
+READING_TIGHT = 0.005
+
+
+def reading(ci: Interval | None, tight: float = READING_TIGHT) -> str:
+    """The reading rule for a claim "a > b" from the 95% interval of a − b (accuracy units, 0-1):
+    ``reproduced`` = the interval is above 0; ``not reproduced (reversed)`` = below 0; ``not reproduced (any gain <
+    X point)`` = it contains 0 and its upper end is ≤ ``tight``; ``not resolved`` = wider; ``n/a`` without an
+    interval. The method lab and ``weakstrong verdict`` both read their comparisons with it."""
+    if ci is None:
+        return "n/a"
+    if ci.low > 0:
+        return "reproduced"
+    if ci.high < 0:
+        return "not reproduced (reversed)"
+    if ci.high <= tight:
+        return f"not reproduced (any gain < {100 * tight:g} point)"
+    return "not resolved"
+
+
+def paired_bootstrap_runs(a: dict, b: dict, n_resamples: int = 10_000, confidence: float = 0.95,
+                          seed: int = 0) -> dict:
+    """Differences ``a − b`` per benchmark and macro-averaged over benchmarks, with percentile bootstrap intervals.
+
+    ``a[name]``, ``b[name]``: arrays ``[runs, problems]`` of per-problem scores (e.g. 0/1 correctness, or the mean
+    over samples) on the SAME problems in the same order; the runs are the arm's seeds (1 or more, not necessarily
+    as many in both arms). Each resample draws the problems with replacement (the same indices for both arms:
+    pairing) and, for an arm with several runs, its runs with replacement (paired by index when both arms have
+    the same number: run i of each arm shares seed i); the statistic is the mean over the drawn runs and problems
+    of a minus that of b. The average is the unweighted mean over benchmarks (each benchmark's problems resampled
+    inside it), as papers average benchmark accuracies.
+
+    Returns ``{name: Interval, ..., "average": Interval}`` (``n`` = problems; for the average, the total).
+    """
+    _check_confidence(confidence)
+    if set(a) != set(b) or not a:
+        raise ValueError(f"both arms need the same benchmarks, got {sorted(a)} and {sorted(b)}")
+    if n_resamples < 100:
+        raise ValueError(f"n_resamples must be >= 100 for a {confidence:.0%} interval, got {n_resamples}")
+    rng = np.random.default_rng(seed)
+    names = list(a)
+    draws, points = {}, {}
+    for name in names:
+        xa, xb = np.atleast_2d(np.asarray(a[name], np.float64)), np.atleast_2d(np.asarray(b[name], np.float64))
+        if xa.shape[1] != xb.shape[1]:
+            raise ValueError(f"{name}: the arms were scored on {xa.shape[1]} and {xb.shape[1]} problems; pair them "
+                             "on the same problems")
+        if xa.shape[1] < 2:
+            raise ValueError(f"{name}: a bootstrap needs at least 2 problems, got {xa.shape[1]}")
+        if not (np.isfinite(xa).all() and np.isfinite(xb).all()):
+            raise ValueError(f"{name}: scores contain NaN or inf")
+        n, ra, rb = xa.shape[1], xa.shape[0], xb.shape[0]
+        points[name] = float(xa.mean() - xb.mean())
+        stats = np.empty(n_resamples)
+        for start in range(0, n_resamples, 500):
+            k = min(500, n_resamples - start)
+            idx = rng.integers(0, n, size=(k, n))
+            run_a = rng.integers(0, ra, size=(k, ra))
+            run_b = run_a if ra == rb else rng.integers(0, rb, size=(k, rb))
+            # mean over the drawn runs of each arm's mean over the drawn problems
+            ma = np.stack([xa[run_a[:, j]][np.arange(k)[:, None], idx].mean(axis=1) for j in range(ra)]).mean(axis=0)
+            mb = np.stack([xb[run_b[:, j]][np.arange(k)[:, None], idx].mean(axis=1) for j in range(rb)]).mean(axis=0)
+            stats[start:start + k] = ma - mb
+        draws[name] = stats
+    alpha = 1.0 - confidence
+    out = {}
+    for name in names + ["average"]:
+        stats = draws[name] if name != "average" else np.mean([draws[m] for m in names], axis=0)
+        est = points[name] if name != "average" else float(np.mean([points[m] for m in names]))
+        n = np.atleast_2d(np.asarray(a[name])).shape[1] if name != "average" else sum(
+            np.atleast_2d(np.asarray(a[m])).shape[1] for m in names)
+        low, high = np.quantile(stats, [alpha / 2.0, 1.0 - alpha / 2.0])
+        out[name] = Interval(est, float(low), float(high), int(n), confidence, "bootstrap", float(stats.std(ddof=1)))
+    return out

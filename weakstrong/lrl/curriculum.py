@@ -33,7 +33,7 @@ def _teacher_rationale(task, row: dict, echoes: list[str]) -> str:
     text = strip_echo(row["completion"], task.instruction, row["problem"], *echoes)
     text = "\n".join(line for line in text.splitlines() if line.strip()).strip()
     reasoning = [line for line in text.splitlines() if not _FINAL_LINE.search(line.strip())]
-    return text if reasoning and task.parse_answer(text) == row["answer"] else ""
+    return text if reasoning and task.verify(row, text) else ""  # the task's own grader (a DatasetTask's too)
 
 
 def _cell(task, row: dict) -> tuple:

@@ -292,7 +292,7 @@ class ReflectionLoop:
         for i, (row, reply) in enumerate(zip(batch, replies)):
             parsed = self.task.parse_answer(reply, echo=strategy["text"])
             out.append({**row, "batch": b, "index": i, "strategy_version": strategy["version"], "completion": reply,
-                        "parsed": parsed, "correct": parsed == row["answer"]})
+                        "parsed": parsed, "correct": self.task.verify(row, reply, echo=strategy["text"])})
         append_jsonl(self.results_path, out)
         return out
 

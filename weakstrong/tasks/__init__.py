@@ -3,6 +3,7 @@
 from ..cli import UserError
 from .arithmetic import ArithmeticTask
 from .base import FORMATS, Task
+from .dataset import DatasetTask, load_table
 from .meeting_rooms import MeetingRoomsTask, peak_concurrency, schedulable
 
 TASKS = {"meeting_rooms": MeetingRoomsTask, "arithmetic": ArithmeticTask}
@@ -24,5 +25,6 @@ def get_task(name: str) -> Task:
         raise UnknownTaskError(f"unknown task {name!r}{hint}; the built-in tasks are {sorted(TASKS)}.") from None
 
 
-__all__ = ["Task", "FORMATS", "MeetingRoomsTask", "ArithmeticTask", "TASKS", "get_task", "UnknownTaskError", "peak_concurrency",
+__all__ = ["Task", "FORMATS", "DatasetTask", "load_table", "MeetingRoomsTask", "ArithmeticTask", "TASKS", "get_task",
+           "UnknownTaskError", "peak_concurrency",
            "schedulable"]

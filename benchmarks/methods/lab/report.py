@@ -10,7 +10,7 @@ from collections import defaultdict
 
 import numpy as np
 
-from weakstrong.stats import mean_ci, paired_bootstrap, paired_t_ci, seeds_needed
+from weakstrong.stats import READING_TIGHT, mean_ci, paired_bootstrap, paired_t_ci, reading, seeds_needed
 
 from .arms import ARMS, CONTROLS, LABEL_SMOOTHING, LABEL_SMOOTHING_GRID, RATE_CONTROL, SWEEP, arm_weak
 from .scoring import PASS_KS, PASS_TEMPERATURES, pass_key
@@ -145,21 +145,9 @@ CONTROL_CLAIMS = (
 )
 #: arms of the pass@k table
 PASS_ARMS = ("sft_p3", "wmss", "temp_only", "frozen", "shuffled", "entropy_matched", LS, "sft_total", "sft_same")
-#: a null is "tight" when the whole 95% interval of the difference lies within ± this many accuracy units
-TIGHT = 0.005
 
-
-def reading(ci) -> str:
-    """The reading rule for a claim "a > b" from the paired 95% interval of a − b."""
-    if ci is None:
-        return "n/a"
-    if ci.low > 0:
-        return "reproduced"
-    if ci.high < 0:
-        return "not reproduced (reversed)"
-    if ci.high <= TIGHT:
-        return f"not reproduced (any gain < {100 * TIGHT:g} point)"
-    return "not resolved"
+# the reading rule lives in the library (weakstrong verdict reads its comparisons with it too)
+TIGHT = READING_TIGHT
 
 
 def claims(rows, correct, which=CLAIMS) -> str:
