@@ -55,7 +55,7 @@ LORA = ["--use_peft", "true", "--lora_r", "4", "--lora_alpha", "8", "--lora_drop
         "--lora_target_modules", "q_proj", "v_proj"]
 COMMON = ["--learning_rate", str(LR), "--optim", "sgd", "--optim_args", f"momentum={MOMENTUM}",
           "--lr_scheduler_type", "constant", "--logging_steps", "1", "--report_to", "none",
-          "--seed", "0", "--disable_tqdm", "true", "--bf16", "false", "--gradient_checkpointing", "false",
+          "--seed", "0", "--disable_tqdm", "true", "--bf16", "false", "--activation_checkpointing", "false",
           "--dataloader_pin_memory", "false", "--dtype", "auto"]
 
 

@@ -101,9 +101,8 @@ def test_padding_free_counts_tokens_and_matches_padded(make_args, rooms_chat):
     data = rooms_chat.select(range(4))
     runs = {}
     for pf in (False, True):
-        # float64 models: padded and padding-free batches differ only in summation order. What stays float32 is the
-        # hidden-state ops' accumulation (over V = 512 terms: gamma ~ 2**-15) and the Trainer's logged loss (2**-24):
-        # rtol 2**-14 holds on any CPU, while a mis-masked token changes the loss by ~1/num_tokens (> 1e-3)
+        # float64 models (and float64 hidden-state ops): padded and padding-free batches differ only in summation
+        # order, ~1e-15; the Trainer logs the loss after rounding it to float32 (2**-24, twice at most)
         trainer = wmss(make_args, data, tok, dtype=torch.float64, padding_free=pf, max_length=None, max_steps=2,
                        per_device_train_batch_size=2, dedup=False)
         trainer.train()
@@ -111,5 +110,5 @@ def test_padding_free_counts_tokens_and_matches_padded(make_args, rooms_chat):
     logs = {pf: [h for h in t.state.log_history if "loss" in h] for pf, t in runs.items()}
     counts = [h["num_tokens"] for h in logs[True]]
     assert counts[0] > 0 and counts[1] > counts[0]  # counted in every step (was frozen under padding_free)
-    np.testing.assert_allclose(runs[True].selection["h_strong"], runs[False].selection["h_strong"], rtol=2.0**-14)
-    np.testing.assert_allclose([h["loss"] for h in logs[True]], [h["loss"] for h in logs[False]], rtol=2.0**-14)
+    np.testing.assert_allclose(runs[True].selection["h_strong"], runs[False].selection["h_strong"], rtol=1e-10)
+    np.testing.assert_allclose([h["loss"] for h in logs[True]], [h["loss"] for h in logs[False]], rtol=2.0**-23)
