@@ -146,7 +146,7 @@ def run_seed_arm(seed, arm, opts, task, train, test, work):
                             selection=arm != "wd_jt", num_train_epochs=1, save_entropy_plots=(arm == "wmss"),
                             freeze_weak=arm == "frozen",
                             learning_rate=opts.lr if arm == "wmss_samelr" else opts.wmss_lr)
-        tr = WMSSTrainer(m1_dir, m0, args=cfg, train_dataset=train, processing_class=tok)
+        tr = WMSSTrainer(m1_dir, weak_model=m0, args=cfg, train_dataset=train, processing_class=tok)
         tr.remove_callback(PrinterCallback)
         tr.train()
         model, steps = tr.model.strong, tr.state.global_step
@@ -310,7 +310,7 @@ def profile_one(mode: str, opts) -> dict:
             strong, weak = get_peft_model(AutoModelForCausalLM.from_pretrained(m0), peft_config), None
         else:
             strong, weak = m0, m0
-        tr = WMSSTrainer(strong, weak, args=cfg, train_dataset=train, processing_class=tok, callbacks=[Timer()])
+        tr = WMSSTrainer(strong, weak_model=weak, args=cfg, train_dataset=train, processing_class=tok, callbacks=[Timer()])
     tr.remove_callback(PrinterCallback)
     loaded_rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     tr.train()

@@ -42,7 +42,7 @@ def wmss(make_args, data, tok, **kw):
     strong, _ = tiny_model("llama", seed=0)
     weak, _ = tiny_model("llama", seed=1)
     fmt = kw.pop("formatting_func", None)
-    return WMSSTrainer(strong, weak, args=make_args(shuffle_dataset=False, **kw), train_dataset=data,
+    return WMSSTrainer(strong, weak_model=weak, args=make_args(shuffle_dataset=False, **kw), train_dataset=data,
                        processing_class=tok, formatting_func=fmt)
 
 

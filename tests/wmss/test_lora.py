@@ -135,7 +135,7 @@ def test_weak_adapter_from_a_saved_adapter(make_args, rooms_chat, tmp_path):
         for k, p in model.named_parameters():
             if "lora_B" in k:
                 p.add_(0.1)
-    trainer = WMSSTrainer(model, str(tmp_path / "earlier"), args=make_args(max_steps=1),
+    trainer = WMSSTrainer(model, weak_model=str(tmp_path / "earlier"), args=make_args(max_steps=1),
                           train_dataset=rooms_chat.select(range(4)), processing_class=tok)
     want = lora_weights(earlier, "default")
     got = lora_weights(model, "weak")

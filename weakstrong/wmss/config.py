@@ -150,6 +150,10 @@ class WMSSConfig(SFTConfig):
         if self.entropy_batch_size < 1 or self.entropy_max_tokens < 1:
             raise ValueError(f"entropy_batch_size and entropy_max_tokens must be >= 1, got {self.entropy_batch_size} "
                              f"and {self.entropy_max_tokens}.")
+        if self.label_smoothing_factor and self.loss_type != "nll":
+            raise ValueError(f"label_smoothing_factor={self.label_smoothing_factor} with loss_type={self.loss_type!r}: "
+                             "label smoothing is defined for loss_type='nll' only (SFTTrainer would silently drop "
+                             "it). Set label_smoothing_factor=0.0, or loss_type='nll'.")
         if self.packing:
             raise ValueError("WMSS measures one entropy per example, so it needs one example per row: set "
                              "packing=False (padding_free=True is supported).")

@@ -177,14 +177,72 @@ def supervised_positions(batch: dict):
     return mask, targets[mask], example
 
 
-def supervised_hidden(model, batch: dict, mask=None) -> torch.Tensor:
-    """Last hidden states ``[N, H]`` at the positions that predict a supervised token (see
-    :func:`supervised_positions`); the LM head is not applied, so no ``[N, V]`` logits are built."""
+def is_prompt_learning(model) -> bool:
+    """A PeftModel whose active adapter is a prompt-learning type (prompt tuning, prefix tuning, p-tuning, ...): its
+    virtual tokens exist only in the PeftModel's own forward, never in the backbone's."""
+    config = getattr(model, "active_peft_config", None)
+    return bool(getattr(config, "is_prompt_learning", False))
+
+
+def backbone_output(model, batch: dict, **extra):
+    """The backbone's output (``last_hidden_state`` ``[B, T, H]``, router logits if asked) for a collated batch.
+
+    A prompt-learning PeftModel runs through its own forward, so its virtual tokens (prepended embeddings, or the
+    prefix's key/values) act exactly as in SFT; the backbone's output is captured by a forward hook, the LM head sees
+    one position only (``logits_to_keep=1``), and the virtual positions are cut off the returned hidden states. Any
+    other model (LoRA and the other tuner types live inside the backbone's layers) runs its backbone directly.
+    """
+    inputs = forward_inputs(batch)
     backbone, _ = causal_lm_parts(model)
+    if not is_prompt_learning(model):
+        return backbone(**inputs, use_cache=False, **extra)
+    if "attention_mask" not in inputs:
+        raise ValueError("Prompt-learning adapters need an attention mask: padding-free batches (padding_free=True) "
+                         "are not supported with them. Set padding_free=False.")
+    captured = {}
+
+    def keep(_module, _args, _kwargs, output):
+        captured["output"] = output
+
+    handle = backbone.register_forward_hook(keep, with_kwargs=True)
+    try:
+        model(input_ids=inputs["input_ids"], attention_mask=inputs["attention_mask"], use_cache=False,
+              logits_to_keep=1, **extra)
+    finally:
+        handle.remove()
+    out = captured["output"]
+    virtual = out.last_hidden_state.shape[1] - inputs["input_ids"].shape[1]
+    if virtual:
+        out.last_hidden_state = out.last_hidden_state[:, virtual:]
+    return out
+
+
+def supervised_hidden(model, batch: dict, mask=None, return_output: bool = False, **extra):
+    """Last hidden states ``[N, H]`` at the positions that predict a supervised token (see
+    :func:`supervised_positions`); the LM head is not applied, so no ``[N, V]`` logits are built. ``extra`` goes to
+    the backbone (e.g. ``output_router_logits``); ``return_output`` also returns its output."""
     if mask is None:
         mask = supervised_positions(batch)[0]
-    hidden = backbone(**forward_inputs(batch), use_cache=False).last_hidden_state
-    return hidden[:, :-1][mask]
+    out = backbone_output(model, batch, **extra)
+    hidden = out.last_hidden_state[:, :-1][mask]
+    return (hidden, out) if return_output else hidden
+
+
+def router_aux_loss(model, output, attention_mask=None):
+    """The MoE load-balancing loss of a backbone output that holds ``router_logits`` (transformers' Mixtral loss,
+    which every MoE family uses; the same call as TRL's fused LM head), unweighted."""
+    from transformers.models.mixtral.modeling_mixtral import load_balancing_loss_func
+
+    lm = model.get_base_model() if hasattr(model, "get_base_model") else model
+    config = lm.config.get_text_config() if hasattr(lm.config, "get_text_config") else lm.config
+    logits = getattr(output, "router_logits", None)
+    if not logits:
+        raise ValueError(f"{type(lm).__name__} returned no router logits although its router auxiliary loss is "
+                         "enabled (router_aux_loss_coef != 0).")
+    num_experts = getattr(config, "num_experts", None) or getattr(config, "num_local_experts", None)
+    if attention_mask is not None and attention_mask.shape[-1] != logits[0].shape[0] // attention_mask.shape[0]:
+        attention_mask = None  # prompt-learning virtual tokens: every position counts
+    return load_balancing_loss_func(logits, num_experts, config.num_experts_per_tok, attention_mask)
 
 
 # --------------------------------------------------------------------------------------------- entropies

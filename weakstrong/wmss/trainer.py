@@ -39,6 +39,7 @@ from .joint import STRONG_ADAPTER, WEAK_ADAPTER, JointModel
 from .plots import write_entropies
 from .selection import (
     causal_lm_parts,
+    is_prompt_learning,
     example_entropies,
     resample,
     sampling_weights,
@@ -117,10 +118,26 @@ class WMSSTrainer(SFTTrainer):
     _tag_names = ["trl", "sft", "wmss"]
     _name = "WMSS"
 
-    def __init__(self, model, weak_model=None, args: WMSSConfig | None = None, data_collator=None, train_dataset=None,
-                 eval_dataset=None, processing_class=None, compute_metrics=None, callbacks=None,
-                 optimizers=(None, None), optimizer_cls_and_kwargs=None, preprocess_logits_for_metrics=None,
-                 peft_config=None, formatting_func=None):
+    def __init__(
+        self,
+        model,
+        args: WMSSConfig | TrainingArguments | None = None,
+        data_collator=None,
+        train_dataset=None,
+        eval_dataset=None,
+        processing_class=None,
+        compute_loss_func=None,
+        compute_metrics=None,
+        callbacks=None,
+        optimizers=(None, None),
+        optimizer_cls_and_kwargs=None,
+        preprocess_logits_for_metrics=None,
+        quantization_config=None,
+        peft_config=None,
+        formatting_func=None,
+        *,
+        weak_model=None,
+    ):
         from ..models import resolve_model_path
 
         if args is None:
@@ -129,16 +146,23 @@ class WMSSTrainer(SFTTrainer):
         elif isinstance(args, TrainingArguments) and not isinstance(args, WMSSConfig):
             args = WMSSConfig.from_sft_config(args)
         elif not isinstance(args, WMSSConfig):
-            raise TypeError(f"args must be a WMSSConfig, got {type(args).__name__}. Fix: "
+            raise TypeError(f"args must be a WMSSConfig, got {type(args).__name__}. The signature is SFTTrainer's, "
+                            "WMSSTrainer(model, args, ...), and the weak model is a keyword: "
+                            "WMSSTrainer(model, args, weak_model=M0, ...). From an SFTConfig: "
                             "WMSSConfig.from_sft_config(your_sft_config, mix_lambda=...).")
         if train_dataset is None:
-            raise ValueError("train_dataset is required: WMSS selects from it and trains on the selection.")
+            raise ValueError("`train_dataset` is required")
         if not isinstance(train_dataset, Dataset):
             raise TypeError(f"The train dataset must be a datasets.Dataset (WMSS re-samples it by index), got "
                             f"{type(train_dataset).__name__}. Fix: materialise it with Dataset.from_list / "
                             "from_generator.")
         if len(train_dataset) == 0:
             raise ValueError("train_dataset is empty: WMSS needs at least one example to measure and train on.")
+        if compute_loss_func is not None:
+            raise ValueError("compute_loss_func is not supported by WMSSTrainer: its loss is the cross entropy of the "
+                             "mixed logits (weakstrong.wmss.joint.mixed_loss), computed without the full logits. "
+                             "Choose the objective with loss_type ('nll' / 'dft') and label_smoothing_factor, or "
+                             "subclass WMSSTrainer and override compute_loss.")
         if isinstance(model, str):
             model = resolve_model_path(model)
         if isinstance(weak_model, str) and not _is_adapter_dir(weak_model):
@@ -163,7 +187,8 @@ class WMSSTrainer(SFTTrainer):
                          eval_dataset=eval_dataset, processing_class=processing_class,
                          compute_metrics=compute_metrics, callbacks=callbacks, optimizers=optimizers,
                          optimizer_cls_and_kwargs=optimizer_cls_and_kwargs,
-                         preprocess_logits_for_metrics=preprocess_logits_for_metrics, peft_config=peft_config,
+                         preprocess_logits_for_metrics=preprocess_logits_for_metrics,
+                         quantization_config=quantization_config, peft_config=peft_config,
                          formatting_func=formatting_func)
         strong = self.model
         if self._adapters:
@@ -173,7 +198,12 @@ class WMSSTrainer(SFTTrainer):
             weak = self._prepare_weak(weak_model)
             self._check_vocab(weak, strong)
         self._full_train_dataset = self.train_dataset
-        self.model = self.model_wrapped = JointModel(strong, weak, lam=args.mix_lambda, freeze_weak=args.freeze_weak)
+        if is_prompt_learning(strong) and self.padding_free:
+            raise ValueError("padding_free=True is not supported with a prompt-learning adapter (prompt tuning, prefix "
+                             "tuning, p-tuning): its virtual tokens need the attention mask. Set padding_free=False.")
+        self.model = self.model_wrapped = JointModel(
+            strong, weak, lam=args.mix_lambda, freeze_weak=args.freeze_weak, loss_type=args.loss_type,
+            label_smoothing=args.label_smoothing_factor, router_aux_loss=self.aux_loss_enabled)
         self.callback_handler.model = self.model
         self.model_accepts_loss_kwargs = True  # the mixed loss is normalised by num_items_in_batch
         self.add_callback(_SelectionLog(self))
@@ -429,35 +459,47 @@ class WMSSTrainer(SFTTrainer):
 
     # ------------------------------------------------------------------ loss and metrics
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
-        """Training: the mixed CE (normalised like SFT's loss). Evaluation: the strong model's own CE, so that
-        ``eval_loss`` means the same as in SFT; the mixed CE is logged as ``mixed_ce`` / ``eval_mixed_ce``."""
+        """Training: :func:`~weakstrong.wmss.joint.mixed_loss` (normalised like SFT's loss), plus the strong model's
+        weighted MoE router loss as SFT adds it. Evaluation: the strong model's own loss (same ``loss_type`` / label
+        smoothing), so that ``eval_loss`` means the same as in SFT; the mixed CE is ``mixed_ce`` / ``eval_mixed_ce``."""
         mode = "train" if self.model.training else "eval"
         joint = self.accelerator.unwrap_model(self.model)
         joint.register_zero3_heads()
         out = model(**inputs)
-        # one value per process, summed: token-weighted means across processes
-        sums = self.accelerator.gather(torch.stack([
-            out.num_tokens.float(), out.loss_sum.detach().float(), out.strong_nll_sum, out.weak_nll_sum,
-            out.strong_entropy_sum, out.weak_entropy_sum]).reshape(1, -1)).reshape(-1, 6).sum(0)
-        n = sums[0].clamp(min=1)
-        metrics = self._metrics[mode]
-        metrics["mixed_ce"].append((sums[1] / n).item())
-        metrics["strong_ce"].append((sums[2] / n).item())
-        metrics["entropy"].append((sums[4] / n).item())  # TRL's name: the trained (strong) model's entropy
-        if joint.lam < 1.0:
-            metrics["weak_ce"].append((sums[3] / n).item())
-            metrics["weak_entropy"].append((sums[5] / n).item())
+        self._log_joint_metrics(mode, out, joint)
         local_n = out.num_tokens.clamp(min=1)
         if mode == "train":
             denom = num_items_in_batch if num_items_in_batch is not None else local_n
             loss = out.loss_sum / torch.as_tensor(denom, device=out.loss_sum.device).clamp(min=1)
             if self.args.average_tokens_across_devices and num_items_in_batch is not None:
                 loss = loss * self.accelerator.num_processes
+            if out.aux_loss is not None:  # as SFTTrainer: a per-micro-batch mean, averaged over accumulation steps
+                steps = self.current_gradient_accumulation_steps if num_items_in_batch is not None else 1
+                loss = loss + self.router_aux_loss_coef * out.aux_loss / steps
             self._total_train_tokens += _count_tokens(inputs, self.accelerator)
         else:
-            loss = out.strong_nll_sum / local_n
-        metrics["num_tokens"] = [self._total_train_tokens]
+            loss = out.strong_loss_sum / local_n
+        self._metrics[mode]["num_tokens"] = [self._total_train_tokens]
         return (loss, out) if return_outputs else loss
+
+    def _log_joint_metrics(self, mode: str, out, joint) -> None:
+        """Token-weighted means across processes of the pass's statistics (SFT's names for the strong model's:
+        ``entropy``, ``mean_token_accuracy``, ``aux_loss``; WMSS's own: ``mixed_ce``, ``strong_ce``, ``weak_ce``,
+        ``weak_entropy``)."""
+        sums = self.accelerator.gather(torch.stack([
+            out.num_tokens.float(), out.mixed_ce_sum, out.strong_nll_sum, out.weak_nll_sum,
+            out.strong_entropy_sum, out.weak_entropy_sum, out.strong_top1_sum]).reshape(1, -1)).reshape(-1, 7).sum(0)
+        n = sums[0].clamp(min=1)
+        metrics = self._metrics[mode]
+        metrics["mixed_ce"].append((sums[1] / n).item())
+        metrics["strong_ce"].append((sums[2] / n).item())
+        metrics["entropy"].append((sums[4] / n).item())  # TRL's name: the trained (strong) model's entropy
+        metrics["mean_token_accuracy"].append((sums[6] / n).item())  # TRL's name and definition, strong model
+        if joint.lam < 1.0:
+            metrics["weak_ce"].append((sums[3] / n).item())
+            metrics["weak_entropy"].append((sums[5] / n).item())
+        if out.aux_loss is not None:
+            metrics["aux_loss"].append(self.accelerator.gather_for_metrics(out.aux_loss.detach()).mean().item())
 
     def prediction_step(self, model, inputs, prediction_loss_only, ignore_keys=None):
         """``eval_loss`` = the strong model's CE; with ``compute_metrics``, the strong model's logits and labels."""

@@ -1,0 +1,211 @@
+"""WMSSTrainer keeps SFTTrainer's promises (issue 21): SFT's constructor order and errors, ``mean_token_accuracy``,
+``loss_type="dft"`` / ``label_smoothing_factor`` on the mixed logits, the MoE router loss, prompt-learning adapters.
+
+Comparisons of two computations run in float64 (the claim is "the same"), so they do not depend on BLAS or threads."""
+
+import inspect
+
+import pytest
+import torch
+from transformers.trainer_pt_utils import LabelSmoother
+from trl import SFTConfig, SFTTrainer
+
+from weakstrong import WMSSTrainer
+from weakstrong.models import tiny_model
+from weakstrong.wmss.joint import JointModel, mixed_loss
+
+
+def _pair():
+    strong, tok = tiny_model("llama", seed=0)
+    weak, _ = tiny_model("llama", seed=1)
+    return strong, weak, tok
+
+
+# --------------------------------------------------------------------------------------------- item 6, 8: signature
+
+
+def test_signature_is_sfts_with_weak_model_keyword():
+    sft = list(inspect.signature(SFTTrainer.__init__).parameters)
+    params = inspect.signature(WMSSTrainer.__init__).parameters
+    assert list(params)[: len(sft)] == sft  # every SFTTrainer parameter, in SFT's positional order
+    assert params["weak_model"].kind is inspect.Parameter.KEYWORD_ONLY
+
+
+def test_positional_order_as_sft(make_args, rooms_chat):
+    strong, weak, tok = _pair()
+    args = make_args(max_steps=1)
+    trainer = WMSSTrainer(strong, args, None, rooms_chat.select(range(4)), None, tok, weak_model=weak)
+    assert trainer.args is args and len(trainer._full_train_dataset) == 4
+    with pytest.raises(TypeError, match="weak_model=M0"):  # the old order (model, weak, ...) is told what to do
+        WMSSTrainer(strong, weak, train_dataset=rooms_chat.select(range(4)), processing_class=tok)
+
+
+def test_missing_train_dataset_error_is_sfts(make_args, tmp_path):
+    strong, weak, tok = _pair()
+    with pytest.raises(ValueError) as sft_error:
+        SFTTrainer(strong, SFTConfig(str(tmp_path / "sft"), report_to="none", use_cpu=True, bf16=False),
+                   processing_class=tok)
+    with pytest.raises(ValueError) as wmss_error:
+        WMSSTrainer(strong, make_args(), processing_class=tok, weak_model=weak)
+    assert str(wmss_error.value) == str(sft_error.value) == "`train_dataset` is required"
+
+
+def test_compute_loss_func_is_refused(make_args, rooms_chat):
+    strong, weak, tok = _pair()
+    with pytest.raises(ValueError, match="compute_loss_func is not supported.*loss_type"):
+        WMSSTrainer(strong, make_args(), train_dataset=rooms_chat.select(range(4)), processing_class=tok,
+                    compute_loss_func=lambda *a, **k: 0.0, weak_model=weak)
+
+
+# --------------------------------------------------------------------------------------------- item 5: the objective
+
+
+def _hidden_case(seed=0, n=12, h=8, v=23):
+    g = torch.Generator().manual_seed(seed)
+    hs = torch.randn(n, h, generator=g, dtype=torch.float64, requires_grad=True)
+    ws = torch.randn(v, h, generator=g, dtype=torch.float64, requires_grad=True)
+    hw = torch.randn(n, h, generator=g, dtype=torch.float64, requires_grad=True)
+    ww = torch.randn(v, h, generator=g, dtype=torch.float64, requires_grad=True)
+    y = torch.randint(0, v, (n,), generator=g)
+    return hs, ws, hw, ww, y
+
+
+def _reference(hs, ws, hw, ww, y, lam, loss_type, eps):
+    """The objective from the full float64 logits: TRL's DFT formula, transformers' LabelSmoother."""
+    z = lam * hs @ ws.T + (1 - lam) * hw @ ww.T
+    logp = torch.log_softmax(z, -1).gather(-1, y[:, None]).squeeze(-1)
+    if loss_type == "dft":
+        return (-logp * logp.exp().detach()).sum()
+    if eps:  # LabelSmoother's mean over tokens, times the token count = the sum
+        smoother = LabelSmoother(epsilon=eps)
+        labels = torch.cat([y.new_full((1,), -100), y])[None]  # shift_labels=True drops the first label
+        logits = torch.cat([z, z[:1]])[None]
+        return smoother({"logits": logits}, labels, shift_labels=True) * len(y)
+    return -logp.sum()
+
+
+@pytest.mark.parametrize("lam", [0.5, 1.0])
+@pytest.mark.parametrize("loss_type,eps", [("nll", 0.0), ("dft", 0.0), ("nll", 0.1)])
+def test_mixed_loss_matches_full_logits(lam, loss_type, eps):
+    hs, ws, hw, ww, y = _hidden_case()
+    got, st = mixed_loss(hs, ws, hw if lam < 1 else None, ww if lam < 1 else None, y, lam, loss_type=loss_type,
+                         label_smoothing=eps)
+    ref = _reference(hs, ws, hw, ww, y, lam, loss_type, eps)
+    leaves = [hs, ws] + ([hw, ww] if lam < 1 else [])
+    g_got = torch.autograd.grad(got, leaves)
+    g_ref = torch.autograd.grad(ref, leaves)
+    # The hidden-state kernels compute in float32 (kernels.linear.compute_dtype) even for float64 inputs: each
+    # logit is a sum of H=8 products and each log-sum-exp one over V=23 terms, so the relative error is a few
+    # (H + V) * 2^-24 ~ 2e-6; 2e-5 leaves a 10x margin and is still far below any effect of a wrong formula.
+    tol = dict(rtol=2e-5, atol=2e-6)
+    assert got.item() == pytest.approx(ref.item(), rel=tol["rtol"])
+    for a, b in zip(g_got, g_ref):
+        torch.testing.assert_close(a.double(), b, **tol)
+    own = _reference(hs, ws, hs, ws, y, 1.0, loss_type, eps)  # the strong model alone: eval_loss
+    assert st["strong_loss"].sum().item() == pytest.approx(own.item(), rel=tol["rtol"])
+    assert torch.equal(st["strong_top1"], (hs @ ws.T).argmax(-1) == y)
+
+
+def test_dft_and_smoothing_change_the_trained_loss():
+    """The options are live (issue 21 item 5: they used to give the default loss)."""
+    hs, ws, hw, ww, y = _hidden_case(seed=1)
+    base = mixed_loss(hs, ws, hw, ww, y, 0.5)[0].item()
+    assert mixed_loss(hs, ws, hw, ww, y, 0.5, loss_type="dft")[0].item() != pytest.approx(base, rel=1e-3)
+    assert mixed_loss(hs, ws, hw, ww, y, 0.5, label_smoothing=0.2)[0].item() != pytest.approx(base, rel=1e-3)
+
+
+def test_label_smoothing_with_dft_is_refused(make_args):
+    with pytest.raises(ValueError, match="label_smoothing_factor=0.1 with loss_type='dft'"):
+        make_args(loss_type="dft", label_smoothing_factor=0.1)
+
+
+def test_trainer_uses_loss_type(make_args, rooms_chat):
+    strong, weak, tok = _pair()
+    trainer = WMSSTrainer(strong, make_args(loss_type="dft", label_smoothing_factor=0.0), weak_model=weak,
+                          train_dataset=rooms_chat.select(range(4)), processing_class=tok)
+    joint = trainer.accelerator.unwrap_model(trainer.model)
+    assert joint.loss_type == "dft"
+    trainer2 = WMSSTrainer(tiny_model("llama", seed=0)[0], make_args(label_smoothing_factor=0.1),
+                           weak_model=tiny_model("llama", seed=1)[0], train_dataset=rooms_chat.select(range(4)),
+                           processing_class=tok)
+    assert trainer2.accelerator.unwrap_model(trainer2.model).label_smoothing == 0.1
+
+
+# --------------------------------------------------------------------------------------------- item 3: token accuracy
+
+
+def test_mean_token_accuracy_train_and_eval(make_args, rooms_chat):
+    """Logged for train and eval as SFT defines it (strong argmax == label over the loss tokens), so
+    metric_for_best_model="mean_token_accuracy" works."""
+    strong, weak, tok = _pair()
+    args = make_args(max_steps=2, eval_strategy="steps", eval_steps=1, save_strategy="steps", save_steps=1,
+                     metric_for_best_model="mean_token_accuracy", load_best_model_at_end=True,
+                     per_device_eval_batch_size=4)
+    trainer = WMSSTrainer(strong, args, weak_model=weak, train_dataset=rooms_chat.select(range(4)),
+                          eval_dataset=rooms_chat.select(range(4, 8)), processing_class=tok)
+    trainer.train()
+    train_logs = [h for h in trainer.state.log_history if "loss" in h]
+    eval_logs = [h for h in trainer.state.log_history if "eval_loss" in h]
+    assert train_logs and all(0.0 <= h["mean_token_accuracy"] <= 1.0 for h in train_logs)
+    assert eval_logs and all(0.0 <= h["eval_mean_token_accuracy"] <= 1.0 for h in eval_logs)
+    assert trainer.state.best_metric == max(h["eval_mean_token_accuracy"] for h in eval_logs)
+
+
+def test_token_accuracy_counts_strong_argmax(pair):
+    strong, weak, tok = pair
+    rows = [tok(f"meeting {i} at room {i % 3}")["input_ids"] for i in range(3)]
+    width = max(map(len, rows))
+    ids = torch.tensor([r + [tok.pad_token_id] * (width - len(r)) for r in rows])
+    mask = (torch.arange(width)[None] < torch.tensor([len(r) for r in rows])[:, None]).long()
+    labels = ids.masked_fill(mask == 0, -100)
+    out = JointModel(strong, weak, lam=0.5)(input_ids=ids, attention_mask=mask, labels=labels)
+    with torch.no_grad():
+        logits = strong(input_ids=ids, attention_mask=mask).logits[:, :-1]
+    target = labels[:, 1:]
+    hits = ((logits.argmax(-1) == target) & (target != -100)).sum()
+    assert out.strong_top1_sum.item() == hits.item() and out.num_tokens.item() == (target != -100).sum().item()
+
+
+# --------------------------------------------------------------------------------------------- item 2: MoE router loss
+
+
+def _tiny_moe(seed, tok):
+    from transformers import Qwen3MoeConfig, Qwen3MoeForCausalLM
+
+    config = Qwen3MoeConfig(vocab_size=len(tok), hidden_size=32, intermediate_size=64, moe_intermediate_size=32,
+                            num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2, head_dim=8,
+                            num_experts=4, num_experts_per_tok=2, output_router_logits=True,
+                            router_aux_loss_coef=0.25, tie_word_embeddings=False, pad_token_id=tok.pad_token_id)
+    torch.manual_seed(seed)
+    return Qwen3MoeForCausalLM(config)
+
+
+def test_moe_router_loss_is_added_and_logged_as_sft(make_args, rooms_chat):
+    _, tok = tiny_model("llama")
+    strong, weak = _tiny_moe(0, tok), _tiny_moe(1, tok)
+    trainer = WMSSTrainer(strong, make_args(max_steps=1, per_device_train_batch_size=2), weak_model=weak,
+                          train_dataset=rooms_chat.select(range(2)), processing_class=tok)
+    assert trainer.aux_loss_enabled and trainer.router_aux_loss_coef == 0.25  # SFT's own resolution of the coef
+    batch = trainer.data_collator([trainer._full_train_dataset[i] for i in range(2)])
+    joint = trainer.accelerator.unwrap_model(trainer.model)
+    out = joint(**batch)
+    with torch.no_grad():  # the model's own aux loss (transformers' forward with router logits)
+        own = strong(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
+                     output_router_logits=True).aux_loss
+    assert out.aux_loss.item() == pytest.approx(own.item(), rel=1e-6)
+    trainer.model.train()
+    loss = trainer.compute_loss(trainer.model, dict(batch))
+    expected = out.loss_sum / out.num_tokens + 0.25 * out.aux_loss
+    assert loss.item() == pytest.approx(expected.item(), rel=1e-5)
+    assert trainer._metrics["train"]["aux_loss"] == [pytest.approx(out.aux_loss.item(), rel=1e-6)]
+    trainer._metrics["train"].clear()
+    trainer.train()
+    assert "aux_loss" in [h for h in trainer.state.log_history if "loss" in h][0]
+
+
+def test_moe_router_loss_off_with_zero_coef(make_args, rooms_chat):
+    _, tok = tiny_model("llama")
+    trainer = WMSSTrainer(_tiny_moe(0, tok), make_args(router_aux_loss_coef=0.0), weak_model=_tiny_moe(1, tok),
+                          train_dataset=rooms_chat.select(range(2)), processing_class=tok)
+    batch = trainer.data_collator([trainer._full_train_dataset[i] for i in range(2)])
+    assert trainer.accelerator.unwrap_model(trainer.model)(**batch).aux_loss is None
