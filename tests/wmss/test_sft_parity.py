@@ -209,3 +209,84 @@ def test_moe_router_loss_off_with_zero_coef(make_args, rooms_chat):
                           train_dataset=rooms_chat.select(range(2)), processing_class=tok)
     batch = trainer.data_collator([trainer._full_train_dataset[i] for i in range(2)])
     assert trainer.accelerator.unwrap_model(trainer.model)(**batch).aux_loss is None
+
+
+# --------------------------------------------------------------------------------------------- item 1: prompt learning
+
+
+def _prompt_configs():
+    from peft import PrefixTuningConfig, PromptEncoderConfig, PromptTuningConfig
+
+    return {
+        "prompt_tuning": PromptTuningConfig(task_type="CAUSAL_LM", num_virtual_tokens=4),
+        "prefix_tuning": PrefixTuningConfig(task_type="CAUSAL_LM", num_virtual_tokens=4),
+        "p_tuning": PromptEncoderConfig(task_type="CAUSAL_LM", num_virtual_tokens=4, encoder_hidden_size=16),
+    }
+
+
+@pytest.mark.parametrize("kind", ["prompt_tuning", "prefix_tuning", "p_tuning"])
+def test_prompt_learning_adapters_are_trained(kind, make_args, rooms_chat):
+    """The virtual-token parameters change (they did not: the bare backbone ran), and the entropies and the loss are
+    the PeftModel's own (virtual tokens included)."""
+    strong, weak, tok = _pair()
+    trainer = WMSSTrainer(strong, make_args(max_steps=2, per_device_train_batch_size=2), weak_model=weak,
+                          train_dataset=rooms_chat.select(range(4)), processing_class=tok,
+                          peft_config=_prompt_configs()[kind])
+    peft_model = trainer.accelerator.unwrap_model(trainer.model).strong
+    before = {n: p.detach().clone() for n, p in peft_model.named_parameters() if p.requires_grad}
+    assert before and all("prompt_encoder" in n for n in before)
+    batch = trainer.data_collator([trainer._full_train_dataset[i] for i in range(2)])
+    joint = trainer.accelerator.unwrap_model(trainer.model)
+    with torch.no_grad():
+        out = joint(**batch)
+        logits = peft_model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+    virtual = logits.shape[1] - batch["input_ids"].shape[1]
+    assert virtual == (4 if kind != "prefix_tuning" else 0)
+    logp = torch.log_softmax(logits[:, virtual:-1].double(), -1)
+    target = batch["labels"][:, 1:]
+    keep = target != -100
+    nll = -logp.gather(-1, target.clamp(min=0)[..., None]).squeeze(-1)[keep].sum()
+    # float32 model and kernel against a float64 softmax of the same float32 logits: the kernel's float32
+    # log-sum-exp over V~300 terms of a 64-wide dot product errs by ~(64 + 300) * 2^-24 relative per token
+    assert out.strong_nll_sum.item() == pytest.approx(nll.item(), rel=1e-4)
+    trainer.train()
+    after = dict(peft_model.named_parameters())
+    assert any(not torch.equal(before[n], after[n].detach()) for n in before)
+
+
+def test_prompt_learning_padding_free_refused(make_args, rooms_chat):
+    strong, weak, tok = _pair()
+    with pytest.raises(ValueError, match="padding_free=True is not supported with a prompt-learning adapter"):
+        WMSSTrainer(strong, make_args(padding_free=True, max_length=None), weak_model=weak,
+                    train_dataset=rooms_chat.select(range(4)), processing_class=tok,
+                    peft_config=_prompt_configs()["prompt_tuning"])
+
+
+@pytest.mark.parametrize("kind", ["ia3", "loha"])
+def test_other_tuner_types_train_with_a_full_weak_model(kind, make_args, rooms_chat):
+    """Tuner types that live in the layers (LoRA, IA3, LoHa, ...) run inside the backbone: trained like SFT."""
+    from peft import IA3Config, LoHaConfig
+
+    config = {"ia3": IA3Config(task_type="CAUSAL_LM", target_modules=["q_proj", "v_proj", "down_proj"],
+                               feedforward_modules=["down_proj"]),
+              "loha": LoHaConfig(task_type="CAUSAL_LM", target_modules=["q_proj", "v_proj"], r=4)}[kind]
+    strong, weak, tok = _pair()
+    trainer = WMSSTrainer(strong, make_args(max_steps=2, per_device_train_batch_size=2, learning_rate=1e-2),
+                          weak_model=weak, train_dataset=rooms_chat.select(range(4)), processing_class=tok,
+                          peft_config=config)
+    peft_model = trainer.accelerator.unwrap_model(trainer.model).strong
+    before = {n: p.detach().clone() for n, p in peft_model.named_parameters() if p.requires_grad}
+    trainer.train()
+    after = dict(peft_model.named_parameters())
+    assert before and any(not torch.equal(before[n], after[n].detach()) for n in before)
+
+
+def test_lora_mode_refuses_other_adapter_types(make_args, rooms_chat):
+    """LoRA mode (the weak model = a second adapter on the same base) needs LoRA: other types are refused."""
+    from peft import IA3Config, get_peft_model
+
+    strong, _, tok = _pair()
+    model = get_peft_model(strong, IA3Config(task_type="CAUSAL_LM", target_modules=["q_proj", "v_proj", "down_proj"],
+                                             feedforward_modules=["down_proj"]))
+    with pytest.raises(NotImplementedError, match="LoRA mode supports LoraConfig adapters, got IA3Config"):
+        WMSSTrainer(model, make_args(), train_dataset=rooms_chat.select(range(4)), processing_class=tok)
