@@ -57,14 +57,14 @@ def test_weak_model_loaded_with_model_init_kwargs(make_args, rooms_chat, tmp_pat
     init = {"dtype": "bfloat16", "attn_implementation": "eager"}
     trainer = WMSSTrainer(str(tmp_path / "strong"), weak_model=str(tmp_path / "weak"), args=make_args(model_init_kwargs=init),
                           train_dataset=rooms_chat.select(range(4)), processing_class=tok)
-    joint = trainer.model
+    joint = trainer.joint_model
     for m in (joint.strong, joint.weak):
         assert next(m.parameters()).dtype == torch.bfloat16
         assert m.config._attn_implementation == "eager"
     own = make_args(model_init_kwargs=init, weak_model_init_kwargs={"dtype": "float32"})
     trainer = WMSSTrainer(str(tmp_path / "strong"), weak_model=str(tmp_path / "weak"), args=own,
                           train_dataset=rooms_chat.select(range(4)), processing_class=tok)
-    assert next(trainer.model.weak.parameters()).dtype == torch.float32
+    assert next(trainer.joint_model.weak.parameters()).dtype == torch.float32
 
 
 def test_nan_weights_are_named(make_args, pair, rooms_chat):

@@ -33,7 +33,7 @@ def lora_weights(model, adapter):
 def test_zero_initialised_weak_adapter_is_the_base(make_args, rooms_chat, prepared):
     model, tok = sft_adapter_model()
     trainer = WMSSTrainer(model, args=make_args(), train_dataset=rooms_chat.select(range(4)), processing_class=tok)
-    joint = trainer.model
+    joint = trainer.joint_model
     assert joint.adapters and set(model.peft_config) == {"default", "weak"}
     rows = prepared(trainer)
     with joint.branch("weak") as m:
@@ -142,5 +142,5 @@ def test_weak_adapter_from_a_saved_adapter(make_args, rooms_chat, tmp_path):
     assert len(got) == len(want)
     for k, v in want.items():
         torch.testing.assert_close(got[k.replace(".default.", ".weak.")], v)
-    assert trainer.model.set_trainable() is None and all(
+    assert trainer.joint_model.set_trainable() is None and all(
         p.requires_grad for k, p in model.named_parameters() if ".weak." in k)

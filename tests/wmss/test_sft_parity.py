@@ -123,12 +123,12 @@ def test_trainer_uses_loss_type(make_args, rooms_chat):
     strong, weak, tok = _pair()
     trainer = WMSSTrainer(strong, make_args(loss_type="dft", label_smoothing_factor=0.0), weak_model=weak,
                           train_dataset=rooms_chat.select(range(4)), processing_class=tok)
-    joint = trainer.accelerator.unwrap_model(trainer.model)
+    joint = trainer.joint_model
     assert joint.loss_type == "dft"
     trainer2 = WMSSTrainer(tiny_model("llama", seed=0)[0], make_args(label_smoothing_factor=0.1),
                            weak_model=tiny_model("llama", seed=1)[0], train_dataset=rooms_chat.select(range(4)),
                            processing_class=tok)
-    assert trainer2.accelerator.unwrap_model(trainer2.model).label_smoothing == 0.1
+    assert trainer2.joint_model.label_smoothing == 0.1
 
 
 # --------------------------------------------------------------------------------------------- item 3: token accuracy
@@ -187,14 +187,14 @@ def test_moe_router_loss_is_added_and_logged_as_sft(make_args, rooms_chat):
                           train_dataset=rooms_chat.select(range(2)), processing_class=tok)
     assert trainer.aux_loss_enabled and trainer.router_aux_loss_coef == 0.25  # SFT's own resolution of the coef
     batch = trainer.data_collator([trainer._full_train_dataset[i] for i in range(2)])
-    joint = trainer.accelerator.unwrap_model(trainer.model)
+    joint = trainer.joint_model
     out = joint(**batch)
     with torch.no_grad():  # the model's own aux loss (transformers' forward with router logits)
         own = strong(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
                      output_router_logits=True).aux_loss
     assert out.aux_loss.item() == pytest.approx(own.item(), rel=1e-6)
-    trainer.model.train()
-    loss = trainer.compute_loss(trainer.model, dict(batch))
+    joint.train()
+    loss = trainer.compute_loss(joint, dict(batch))
     expected = out.loss_sum / out.num_tokens + 0.25 * out.aux_loss
     assert loss.item() == pytest.approx(expected.item(), rel=1e-5)
     assert trainer._metrics["train"]["aux_loss"] == [pytest.approx(out.aux_loss.item(), rel=1e-6)]
@@ -208,7 +208,7 @@ def test_moe_router_loss_off_with_zero_coef(make_args, rooms_chat):
     trainer = WMSSTrainer(_tiny_moe(0, tok), make_args(router_aux_loss_coef=0.0), weak_model=_tiny_moe(1, tok),
                           train_dataset=rooms_chat.select(range(2)), processing_class=tok)
     batch = trainer.data_collator([trainer._full_train_dataset[i] for i in range(2)])
-    assert trainer.accelerator.unwrap_model(trainer.model)(**batch).aux_loss is None
+    assert trainer.joint_model(**batch).aux_loss is None
 
 
 # --------------------------------------------------------------------------------------------- item 1: prompt learning
@@ -232,11 +232,11 @@ def test_prompt_learning_adapters_are_trained(kind, make_args, rooms_chat):
     trainer = WMSSTrainer(strong, make_args(max_steps=2, per_device_train_batch_size=2), weak_model=weak,
                           train_dataset=rooms_chat.select(range(4)), processing_class=tok,
                           peft_config=_prompt_configs()[kind])
-    peft_model = trainer.accelerator.unwrap_model(trainer.model).strong
+    peft_model = trainer.joint_model.strong
     before = {n: p.detach().clone() for n, p in peft_model.named_parameters() if p.requires_grad}
     assert before and all("prompt_encoder" in n for n in before)
     batch = trainer.data_collator([trainer._full_train_dataset[i] for i in range(2)])
-    joint = trainer.accelerator.unwrap_model(trainer.model)
+    joint = trainer.joint_model
     with torch.no_grad():
         out = joint(**batch)
         logits = peft_model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
@@ -274,7 +274,7 @@ def test_other_tuner_types_train_with_a_full_weak_model(kind, make_args, rooms_c
     trainer = WMSSTrainer(strong, make_args(max_steps=2, per_device_train_batch_size=2, learning_rate=1e-2),
                           weak_model=weak, train_dataset=rooms_chat.select(range(4)), processing_class=tok,
                           peft_config=config)
-    peft_model = trainer.accelerator.unwrap_model(trainer.model).strong
+    peft_model = trainer.joint_model.strong
     before = {n: p.detach().clone() for n, p in peft_model.named_parameters() if p.requires_grad}
     trainer.train()
     after = dict(peft_model.named_parameters())
@@ -290,3 +290,69 @@ def test_lora_mode_refuses_other_adapter_types(make_args, rooms_chat):
                                              feedforward_modules=["down_proj"]))
     with pytest.raises(NotImplementedError, match="LoRA mode supports LoraConfig adapters, got IA3Config"):
         WMSSTrainer(model, make_args(), train_dataset=rooms_chat.select(range(4)), processing_class=tok)
+
+
+# --------------------------------------------------------------------------------------------- item 4: the user's model
+
+
+def test_trainer_model_is_the_users_model(make_args, rooms_chat, tmp_path):
+    """``trainer.model`` is the strong model, before and after train() (as SFTTrainer's): isinstance, generate, tags,
+    save_model; the trained module (strong + weak) is ``trainer.joint_model``."""
+    strong, weak, tok = _pair()
+    cls = type(strong)
+    trainer = WMSSTrainer(strong, make_args(max_steps=1, per_device_train_batch_size=2), weak_model=weak,
+                          train_dataset=rooms_chat.select(range(2)), processing_class=tok)
+    assert trainer.model is strong and isinstance(trainer.model, cls)
+    assert "wmss" in trainer.model.model_tags and "sft" in trainer.model.model_tags
+    assert isinstance(trainer.joint_model, JointModel) and trainer.joint_model.strong is strong
+    trainer.train()
+    assert trainer.model is strong and trainer.weak_model is weak
+    out = trainer.model.generate(torch.tensor([[tok.bos_token_id or 1, 5, 6]]), max_new_tokens=2, do_sample=False)
+    assert out.shape == (1, 5)
+    trainer.save_model(str(tmp_path / "saved"))
+    saved = cls.from_pretrained(str(tmp_path / "saved"))
+    for (n, a), b in zip(strong.state_dict().items(), saved.state_dict().values()):
+        assert torch.equal(a, b), n
+
+
+def test_trainer_model_is_the_peft_model_in_lora_mode(make_args, rooms_chat):
+    from peft import LoraConfig, PeftModel, get_peft_model
+
+    strong, _, tok = _pair()
+    model = get_peft_model(strong, LoraConfig(task_type="CAUSAL_LM", target_modules=["q_proj", "v_proj"], r=4))
+    trainer = WMSSTrainer(model, make_args(max_steps=1, per_device_train_batch_size=2),
+                          train_dataset=rooms_chat.select(range(2)), processing_class=tok)
+    assert trainer.model is model and isinstance(trainer.model, PeftModel)
+    trainer.train()
+    assert trainer.model is model
+
+
+def test_neftune_noise_on_both_branches(make_args, rooms_chat):
+    """``neftune_noise_alpha`` trains (it crashed: no get_input_embeddings) with noise on the strong model's and the
+    weak model's embeddings during training only."""
+    strong, weak, tok = _pair()
+    seen = {"strong": [], "weak": []}
+    for name, m in (("strong", strong), ("weak", weak)):
+        m.get_input_embeddings().register_forward_hook(
+            lambda mod, i, o, name=name: seen[name].append(getattr(mod, "_forward_hooks", None) and len(mod._forward_hooks)))
+    trainer = WMSSTrainer(strong, make_args(max_steps=1, per_device_train_batch_size=2, neftune_noise_alpha=5.0),
+                          weak_model=weak, train_dataset=rooms_chat.select(range(2)), processing_class=tok)
+    trainer.train()
+    # during training each embedding had our probe and NEFTune's hook; afterwards NEFTune's hooks are gone
+    assert max(seen["strong"]) == 2 and max(seen["weak"]) == 2
+    assert len(strong.get_input_embeddings()._forward_hooks) == 1 == len(weak.get_input_embeddings()._forward_hooks)
+
+
+def test_liger_is_applied_to_both_models(make_args, rooms_chat):
+    """``use_liger_kernel=True`` patches the strong and the weak model (Transformers' call on SFT's model); it used
+    to be skipped silently ("not an instance of PreTrainedModel"). Only the patching is checked: Liger's kernels
+    need a GPU."""
+    pytest.importorskip("liger_kernel")
+    strong, weak, tok = _pair()
+    trainer = WMSSTrainer(strong, make_args(use_liger_kernel=True), weak_model=weak,
+                          train_dataset=rooms_chat.select(range(2)), processing_class=tok)
+    before = {n: type(m).forward for n, m in (("strong", strong.model.norm), ("weak", weak.model.norm))}
+    trainer._apply_liger_kernel()
+    for name, norm in (("strong", strong.model.norm), ("weak", weak.model.norm)):
+        assert "liger" in repr(norm.forward).lower() or "liger" in type(norm).__module__.lower(), name
+        assert before[name] is not None

@@ -84,7 +84,7 @@ def test_resume_is_the_uninterrupted_run(make_args, rooms_chat, tmp_path, monkey
     resumed = run(make_args, data, tmp_path / "b", callbacks=[count], resume=True)
     assert resumed.state.global_step == full.state.global_step == 12 and count.begin == 1
     assert resumed.selection["indices"] == full.selection["indices"]
-    for a, b in ((full.model.strong, resumed.model.strong), (full.model.weak, resumed.model.weak)):
+    for a, b in ((full.joint_model.strong, resumed.joint_model.strong), (full.joint_model.weak, resumed.joint_model.weak)):
         for (name, p), q in zip(a.named_parameters(), b.parameters()):
             torch.testing.assert_close(p, q, rtol=1e-5, atol=1e-6, msg=name)
     for key in ("loss", "num_tokens"):

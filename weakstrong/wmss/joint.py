@@ -194,6 +194,11 @@ class JointModel(nn.Module):
     def _no_split_modules(self):  # FSDP auto-wrap policy
         return getattr(self.strong, "_no_split_modules", None)
 
+    def get_input_embeddings(self):
+        """The strong model's input embeddings (NEFTune's hook; in the adapters layout shared with the weak branch)."""
+        model = self.strong.get_base_model() if hasattr(self.strong, "get_base_model") else self.strong
+        return model.get_input_embeddings()
+
     def weak_module(self):
         return self.strong if self.adapters else self.weak
 

@@ -204,7 +204,7 @@ class WMSSTrainer(SFTTrainer):
         self.model = self.model_wrapped = JointModel(
             strong, weak, lam=args.mix_lambda, freeze_weak=args.freeze_weak, loss_type=args.loss_type,
             label_smoothing=args.label_smoothing_factor, router_aux_loss=self.aux_loss_enabled)
-        self.callback_handler.model = self.model
+        self._has_joint = True  # from here on, trainer.model is the strong model outside the Trainer's own loops
         self.model_accepts_loss_kwargs = True  # the mixed loss is normalised by num_items_in_batch
         self.add_callback(_SelectionLog(self))
         if (self._adapters and args.gradient_checkpointing and self.is_deepspeed_enabled
@@ -214,10 +214,39 @@ class WMSSTrainer(SFTTrainer):
                              "Fix: set gradient_checkpointing=False, or use ZeRO-2 / DDP, or full fine-tuning.")
 
     # ------------------------------------------------------------------ models
+    # ``trainer.model`` is the user's model (the strong model: a PreTrainedModel or its PeftModel), as with SFTTrainer:
+    # ``generate``, tags, ``isinstance``, ``save_pretrained`` act on it. The module the Trainer trains is the
+    # :class:`JointModel` (strong + weak, one optimizer, one DDP / DeepSpeed wrapper): ``trainer.joint_model``. The
+    # Trainer's own loops (``train``, ``evaluate``, ``predict``) see the JointModel as ``self.model``, through
+    # :meth:`_trainer_scope`.
+    @property
+    def model(self):
+        slot = self.__dict__.get("_model_slot")
+        if not self.__dict__.get("_has_joint") or self.__dict__.get("_scope_depth", 0) > 0:
+            return slot
+        return self.accelerator.unwrap_model(slot).strong
+
+    @model.setter
+    def model(self, value):
+        self.__dict__["_model_slot"] = value
+
+    @property
+    def joint_model(self) -> JointModel:
+        """The trained module: strong + weak (:class:`~weakstrong.wmss.joint.JointModel`)."""
+        return self.accelerator.unwrap_model(self.__dict__["_model_slot"])
+
+    @contextlib.contextmanager
+    def _trainer_scope(self):
+        self.__dict__["_scope_depth"] = self.__dict__.get("_scope_depth", 0) + 1
+        try:
+            yield
+        finally:
+            self.__dict__["_scope_depth"] -= 1
+
     @property
     def weak_model(self):
         """The weak branch: the weak model (two-models layout) or the PeftModel computing it (adapter ``"weak"``)."""
-        return self.accelerator.unwrap_model(self.model).weak_module()
+        return self.joint_model.weak_module()
 
     def _add_weak_adapter(self, strong, source):
         from peft import LoraConfig
@@ -301,7 +330,7 @@ class WMSSTrainer(SFTTrainer):
         args = self.args
         data = self._full_train_dataset
         n = len(data)
-        joint = self.accelerator.unwrap_model(self.model)
+        joint = self.joint_model
         self._event("phase", phase="entropy", round=None, total=2 * n)
         # Several processes: each measures a contiguous block of rows, gathered back in dataset order, so every
         # process holds the same entropies and draws the same (seeded) indices.
@@ -352,14 +381,58 @@ class WMSSTrainer(SFTTrainer):
                 raise ValueError(f"No valid checkpoint found in output directory ({self.args.output_dir})")
         elif ckpt is False:
             ckpt = None
-        joint = self.accelerator.unwrap_model(self.model)
+        joint = self.joint_model
         check_finite(joint.strong, "strong")
         if not joint.adapters:
             check_finite(joint.weak, "weak")
         positions = self._positions_from_checkpoint(ckpt) if ckpt else self.select()
         self.train_dataset = self._full_train_dataset.select(positions)
-        return super().train(resume_from_checkpoint=ckpt, trial=trial, ignore_keys_for_eval=ignore_keys_for_eval,
-                             **kwargs)
+        liger = self.args.use_liger_kernel
+        if liger:
+            self._apply_liger_kernel()
+        weak_hook = self._weak_neftune()
+        try:
+            # Transformers applies Liger to ``self.model`` at the start of train(); inside the run that is the
+            # JointModel, which Liger does not know: it was applied to both models just above.
+            self.args.use_liger_kernel = False
+            with self._trainer_scope():
+                return super().train(resume_from_checkpoint=ckpt, trial=trial,
+                                     ignore_keys_for_eval=ignore_keys_for_eval, **kwargs)
+        finally:
+            self.args.use_liger_kernel = liger
+            if weak_hook is not None:
+                weak_hook.remove()
+
+    def evaluate(self, eval_dataset=None, ignore_keys=None, metric_key_prefix: str = "eval"):
+        with self._trainer_scope():
+            return super().evaluate(eval_dataset=eval_dataset, ignore_keys=ignore_keys,
+                                    metric_key_prefix=metric_key_prefix)
+
+    def predict(self, test_dataset, ignore_keys=None, metric_key_prefix: str = "test"):
+        with self._trainer_scope():
+            return super().predict(test_dataset, ignore_keys=ignore_keys, metric_key_prefix=metric_key_prefix)
+
+    def _apply_liger_kernel(self):
+        """``use_liger_kernel``: Liger's layer kernels on the strong model and on a separate weak model (the same
+        call as Transformers' on SFT's model; TRL keeps Liger's fused linear cross entropy off, as WMSS needs)."""
+        from transformers.integrations.liger import apply_liger_kernel
+
+        joint = self.joint_model
+        for m in (joint.strong,) + (() if joint.adapters else (joint.weak,)):
+            apply_liger_kernel(m, self.args.liger_kernel_config)
+
+    def _weak_neftune(self):
+        """``neftune_noise_alpha``: Transformers hooks the input embeddings of ``self.model`` (the strong model's,
+        through :meth:`JointModel.get_input_embeddings`); a separate weak model gets the same noise on its own, so both
+        branches see noisy embeddings as in the adapters layout (one shared embedding). Returns the hook handle."""
+        joint = self.joint_model
+        if self.neftune_noise_alpha is None or joint.adapters or joint.lam == 1.0:
+            return None
+        from transformers.integrations.neftune import neftune_post_forward_hook
+
+        embeddings = joint.weak.get_input_embeddings()
+        embeddings.neftune_noise_alpha = self.neftune_noise_alpha
+        return embeddings.register_forward_hook(neftune_post_forward_hook)
 
     # ------------------------------------------------------------------ checkpoints
     def _identity(self) -> dict:
@@ -407,7 +480,7 @@ class WMSSTrainer(SFTTrainer):
         if not self.args.should_save:
             return
         os.makedirs(output_dir, exist_ok=True)
-        joint = self.accelerator.unwrap_model(self.model)
+        joint = self.joint_model
         with_weak = getattr(self, "_saving_checkpoint", False)
         parts = _split_state_dict(state_dict) if state_dict else {"strong": None, "weak": None}
         strong_sd = {"state_dict": parts["strong"]} if parts["strong"] else {}
@@ -429,7 +502,7 @@ class WMSSTrainer(SFTTrainer):
         if _internal_call or not self.is_deepspeed_enabled:
             return super().save_model(output_dir, _internal_call=_internal_call)
         output_dir = output_dir if output_dir is not None else self.args.output_dir
-        joint = self.accelerator.unwrap_model(self.model)
+        joint = self.joint_model
         state_dict = full_state_dict(joint.strong, self.accelerator)
         if self.args.should_save:
             self._save(output_dir, state_dict={f"strong.{k}": v for k, v in state_dict.items()} if state_dict else None)
@@ -438,7 +511,7 @@ class WMSSTrainer(SFTTrainer):
     def _load_from_checkpoint(self, resume_from_checkpoint, model=None):
         if self.is_deepspeed_enabled or self.is_fsdp_enabled:  # the engine's / FSDP's own format of the JointModel
             return super()._load_from_checkpoint(resume_from_checkpoint, model)
-        joint = self.accelerator.unwrap_model(self.model)
+        joint = self.joint_model
         if joint.adapters:
             from peft import set_peft_model_state_dict
             from peft.utils import load_peft_weights
@@ -462,8 +535,8 @@ class WMSSTrainer(SFTTrainer):
         """Training: :func:`~weakstrong.wmss.joint.mixed_loss` (normalised like SFT's loss), plus the strong model's
         weighted MoE router loss as SFT adds it. Evaluation: the strong model's own loss (same ``loss_type`` / label
         smoothing), so that ``eval_loss`` means the same as in SFT; the mixed CE is ``mixed_ce`` / ``eval_mixed_ce``."""
-        mode = "train" if self.model.training else "eval"
-        joint = self.accelerator.unwrap_model(self.model)
+        joint = self.joint_model
+        mode = "train" if joint.training else "eval"
         joint.register_zero3_heads()
         out = model(**inputs)
         self._log_joint_metrics(mode, out, joint)
