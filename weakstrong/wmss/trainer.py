@@ -83,6 +83,8 @@ class _SelectionLog(TrainerCallback):
         self.trainer = trainer
 
     def on_train_begin(self, args, state, control, **kwargs):
+        # callbacks after this one (it runs first) get the user's model as ``model``, as with SFTTrainer
+        self.trainer.callback_handler.model = self.trainer.joint_model.strong
         logs, self.trainer._pending_selection_log = self.trainer._pending_selection_log, None
         if logs:
             self.trainer.log(logs)
@@ -190,6 +192,11 @@ class WMSSTrainer(SFTTrainer):
                          preprocess_logits_for_metrics=preprocess_logits_for_metrics,
                          quantization_config=quantization_config, peft_config=peft_config,
                          formatting_func=formatting_func)
+        pc = self.accelerator.parallelism_config
+        if pc is not None and (pc.cp_enabled or pc.sp_enabled or pc.tp_size > 1):
+            raise ValueError("Tensor / context / sequence parallelism (from the accelerate config) is not supported by "
+                             "WMSS: its loss needs whole sequences of both models on each process. Use DDP or "
+                             "DeepSpeed ZeRO-2/3 (data parallel).")
         strong = self.model
         if self._adapters:
             self._add_weak_adapter(strong, weak_model)
@@ -206,7 +213,7 @@ class WMSSTrainer(SFTTrainer):
             label_smoothing=args.label_smoothing_factor, router_aux_loss=self.aux_loss_enabled)
         self._has_joint = True  # from here on, trainer.model is the strong model outside the Trainer's own loops
         self.model_accepts_loss_kwargs = True  # the mixed loss is normalised by num_items_in_batch
-        self.add_callback(_SelectionLog(self))
+        self.callback_handler.callbacks.insert(0, _SelectionLog(self))
         if (self._adapters and args.gradient_checkpointing and self.is_deepspeed_enabled
                 and self.accelerator.state.deepspeed_plugin.zero_stage == 3):
             # Not verified: the adapter-pinned recomputation (joint.py) has been tested with DDP / one process only.
