@@ -22,9 +22,9 @@ def record(monkeypatch):
     calls = []
     init = trainer_module.WMSSTrainer.__init__
 
-    def spy(self, model, weak_model=None, *a, **k):
+    def spy(self, model, *a, weak_model=None, **k):
         calls.append((model if isinstance(model, str) else type(model).__name__, weak_model))
-        init(self, model, weak_model, *a, **k)
+        init(self, model, *a, weak_model=weak_model, **k)
 
     monkeypatch.setattr(trainer_module.WMSSTrainer, "__init__", spy)
     return calls

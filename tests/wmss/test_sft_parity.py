@@ -356,3 +356,77 @@ def test_liger_is_applied_to_both_models(make_args, rooms_chat):
     for name, norm in (("strong", strong.model.norm), ("weak", weak.model.norm)):
         assert "liger" in repr(norm.forward).lower() or "liger" in type(norm).__module__.lower(), name
         assert before[name] is not None
+
+
+# --------------------------------------------------------------------------------------------- item 7: logit transforms
+
+
+def _family(kind, seed, tok):
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    common = dict(vocab_size=len(tok), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                  num_attention_heads=4, num_key_value_heads=2, head_dim=8, pad_token_id=tok.pad_token_id,
+                  tie_word_embeddings=False)
+    extra = {"gemma2": dict(final_logit_softcapping=3.0), "cohere": dict(logit_scale=0.5),
+             "granite": dict(logits_scaling=4.0), "llama_bias": {}}[kind]
+    config = AutoConfig.for_model("llama" if kind == "llama_bias" else kind, **common, **extra)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        model = AutoModelForCausalLM.from_config(config)
+        if kind == "llama_bias":
+            head = torch.nn.Linear(32, len(tok), bias=True)
+            torch.nn.init.normal_(head.bias, std=1.0)
+            model.lm_head = head
+    return model
+
+
+def _kernels_take(names):
+    from weakstrong.kernels import linear_mixed_cross_entropy
+
+    return all(n in inspect.signature(linear_mixed_cross_entropy).parameters for n in names)
+
+
+@pytest.mark.parametrize("kind,needs", [("gemma2", ["final_logit_softcapping"]), ("cohere", ["logit_scale"]),
+                                        ("granite", ["logit_scale"]), ("llama_bias", ["strong_bias", "weak_bias"])])
+def test_logit_transform_families(kind, needs, make_args, rooms_chat):
+    """Gemma-2 (soft-cap), Cohere (logit_scale), Granite (1/logits_scaling) and a biased LM head train on the exact
+    mixed CE of their own logits where the kernels take the transform; until then they are refused at construction,
+    naming the missing kernel argument (never trained on other logits)."""
+    _, tok = tiny_model("llama")
+    strong, weak = _family(kind, 0, tok), _family(kind, 1, tok)
+    data = rooms_chat.select(range(2))
+    if not _kernels_take(needs):
+        with pytest.raises(NotImplementedError, match=needs[0]):
+            WMSSTrainer(strong, make_args(), weak_model=weak, train_dataset=data, processing_class=tok)
+        return
+    trainer = WMSSTrainer(strong, make_args(max_steps=1, per_device_train_batch_size=2), weak_model=weak,
+                          train_dataset=data, processing_class=tok)
+    batch = trainer.data_collator([trainer._full_train_dataset[i] for i in range(2)])
+    with torch.no_grad():
+        out = trainer.joint_model(**batch)
+        zs = strong(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits[:, :-1].double()
+        zw = weak(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits[:, :-1].double()
+    target = batch["labels"][:, 1:]
+    keep = target != -100
+    logp = torch.log_softmax(0.5 * zs + 0.5 * zw, -1).gather(-1, target.clamp(min=0)[..., None]).squeeze(-1)
+    # float32 model and kernels against float64 log-softmax of the same float32 logits: ~(32 + V) * 2^-24 relative
+    assert out.mixed_ce_sum.item() == pytest.approx(-logp[keep].sum().item(), rel=1e-4)
+    trainer.train()
+
+
+def test_bias_head_strong_alone_is_exact(make_args, rooms_chat):
+    """At λ = 1 (the strong model alone) a biased head already runs through the kernels' bias argument."""
+    _, tok = tiny_model("llama")
+    strong, weak = _family("llama_bias", 0, tok), _family("llama_bias", 1, tok)
+    trainer = WMSSTrainer(strong, make_args(mix_lambda=1.0), weak_model=weak,
+                          train_dataset=rooms_chat.select(range(2)), processing_class=tok)
+    batch = trainer.data_collator([trainer._full_train_dataset[i] for i in range(2)])
+    with torch.no_grad():
+        out = trainer.joint_model(**batch)
+        z = strong(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits[:, :-1].double()
+    target = batch["labels"][:, 1:]
+    keep = target != -100
+    nll = -torch.log_softmax(z, -1).gather(-1, target.clamp(min=0)[..., None]).squeeze(-1)[keep].sum()
+    assert out.strong_nll_sum.item() == pytest.approx(nll.item(), rel=1e-4)
+    hits = ((z.argmax(-1) == target) & keep).sum().item()
+    assert out.strong_top1_sum.item() == hits
