@@ -72,8 +72,8 @@ def mixed_loss(strong_hidden, strong_weight, weak_hidden, weak_weight, targets, 
 
     With ``z_s = T(h_s W_sᵀ + b_s)``, ``z_w = T(h_w W_wᵀ + b_w)`` — the models' own logits: ``b`` the LM-head bias
     (if any), ``T`` the family's logit transform ``transform`` (``logit_scale``, then ``final_logit_softcapping``:
-    :func:`~weakstrong.wmss.selection.logit_transform`), shared by both models — ``z = λ·z_s + (1-λ)·z_w``, ``p = softmax(z)`` and, for token ``t``
-    with target ``y_t``, ``ℓ_t = -log p_t(y_t)`` (the mixed cross entropy):
+    :func:`~weakstrong.wmss.selection.logit_transform`), shared by both models — ``z = λ·z_s + (1-λ)·z_w``,
+    ``p = softmax(z)`` and, for token ``t`` with target ``y_t``, ``ℓ_t = -log p_t(y_t)`` (the mixed cross entropy):
 
     * ``loss_type="nll"``:  ``L = Σ_t ℓ_t``;
     * ``loss_type="dft"`` (Dynamic Fine-Tuning, arXiv 2508.05629, as TRL's SFT applies it to the trained model's
@@ -87,8 +87,8 @@ def mixed_loss(strong_hidden, strong_weight, weak_hidden, weak_weight, targets, 
     ``nll``: ``λ(p - e_y)`` to the strong logits, ``(1-λ)(p - e_y)`` to the weak ones (never built: the kernel
     recomputes them chunk by chunk).
 
-    Returns ``(L, stats)``; ``stats`` holds detached per-token tensors: ``mixed_ce`` (``ℓ_t``), ``strong_nll``, ``strong_entropy``,
-    ``weak_nll``, ``weak_entropy`` (``None`` at λ = 1), ``strong_top1`` (the strong model's argmax equals the target:
+    Returns ``(L, stats)``; ``stats`` holds detached per-token tensors: ``mixed_ce`` (``ℓ_t``), ``strong_nll``,
+    ``strong_entropy``, ``weak_nll``, ``weak_entropy`` (``None`` at λ = 1), ``strong_top1`` (the strong model's argmax equals the target:
     SFT's ``mean_token_accuracy``) and ``strong_loss`` (the strong model's own loss under the same ``loss_type`` /
     ``label_smoothing``: what ``eval_loss`` reports, as SFT's would).
     """
@@ -390,7 +390,8 @@ class JointModel(nn.Module):
         def total(x):
             return zero if x is None else x.float().sum()
 
-        return JointOutput(loss_sum=loss_sum, mixed_ce_sum=total(st["mixed_ce"]), num_tokens=torch.as_tensor(targets.numel(), device=loss_sum.device),
+        return JointOutput(loss_sum=loss_sum, mixed_ce_sum=total(st["mixed_ce"]),
+                           num_tokens=torch.as_tensor(targets.numel(), device=loss_sum.device),
                            strong_nll_sum=total(st["strong_nll"]), weak_nll_sum=total(st["weak_nll"]),
                            strong_entropy_sum=total(st["strong_entropy"]),
                            weak_entropy_sum=total(st["weak_entropy"]), strong_top1_sum=total(st["strong_top1"]),

@@ -20,8 +20,6 @@ from __future__ import annotations
 
 import contextlib
 import copy
-import hashlib
-import json
 import logging
 import os
 import warnings
@@ -33,8 +31,9 @@ from transformers import TrainerCallback, TrainingArguments
 from transformers.trainer_utils import get_last_checkpoint
 from trl import SFTTrainer
 
-from ..distributed import gather_in_order, shard_indices
-from .config import IDENTITY_FIELDS, WMSSConfig
+from ..distributed import full_shape, gather_in_order, gathered_for_forward, shard_indices
+from .checkpoints import INDEX_COLUMN, CheckpointsMixin
+from .config import WMSSConfig
 from .joint import STRONG_ADAPTER, WEAK_ADAPTER, JointModel
 from .plots import write_entropies
 from .selection import (
@@ -48,9 +47,6 @@ from .selection import (
 
 logger = logging.getLogger(__name__)
 
-STATE_NAME = "wmss_state.json"
-INDEX_COLUMN = "wmss_index"
-WEAK_SUBDIR = "weak"
 SELECTION_DIR = "selection"
 
 
@@ -93,28 +89,58 @@ class _SelectionLog(TrainerCallback):
             self.trainer._total_train_tokens = int(counted[-1])
 
 
-class WMSSTrainer(SFTTrainer):
+class WMSSTrainer(CheckpointsMixin, SFTTrainer):
     """Trainer for one round of WMSS (Weak-Driven Learning): entropy-based data selection, then joint training of the
     strong and weak models on their mixed logits. A subclass of TRL's ``SFTTrainer``: data preparation, collator,
     PEFT, logging and checkpoints are SFTTrainer's.
 
+    Parameters are SFTTrainer's, in its order, plus the keyword ``weak_model``; every one is classified in the contract
+    table (``weakstrong/wmss/contract.py``, ``docs/wmss_contract.md``).
+
     Args:
-        model: the strong model M1 (e.g. the output of ``SFTTrainer``): a path / hub id (loaded with
-            ``args.model_init_kwargs``), a loaded causal LM or a ``PeftModel`` (LoRA mode).
-        weak_model: the weak model M0 — an earlier checkpoint of the same model (same vocabulary):
-            * a loaded causal LM or a path (loaded with ``args.weak_model_init_kwargs``, default
-              ``args.model_init_kwargs``): a second model, trained too unless ``freeze_weak``;
-            * LoRA mode (``model`` is a ``PeftModel``): ``None`` = the base model under the adapter, as a second
-              adapter ``"weak"`` initialised to zero (so it IS the base at the start, and trainable; one copy of the
-              base weights), or the path of a saved adapter of the same base (e.g. an earlier round's strong adapter).
-        args: a [`WMSSConfig`] (an ``SFTConfig`` / ``TrainingArguments`` is converted, tokens included).
-        train_dataset: any SFT dataset: prompt/completion (completion-only loss), messages (every token, or every
-            assistant turn with ``assistant_only_loss=True``), text / ``formatting_func`` (language modelling), or
-            tokenized ``input_ids`` (+ ``labels``). Entropies and the loss use exactly the labels SFT would train.
-        eval_dataset, data_collator, processing_class, compute_metrics, callbacks, optimizers,
-        optimizer_cls_and_kwargs, preprocess_logits_for_metrics, formatting_func: as in [`~trl.SFTTrainer`].
-        peft_config: wrap a plain ``model`` with a new LoRA adapter; then ``weak_model`` must be given (the base of
-            a freshly wrapped M1 is M1 itself).
+        model (`str | PreTrainedModel | PeftModel`):
+            The strong model M1 (e.g. the output of `SFTTrainer`): a path / hub id (loaded with
+            `args.model_init_kwargs`), a loaded causal LM, or a `PeftModel`. `trainer.model` stays this model (or its
+            `PeftModel`); the trained module (strong + weak) is `trainer.joint_model`.
+        args ([`WMSSConfig`], *optional*):
+            An `SFTConfig` / `TrainingArguments` is converted (tokens included). Defaults to
+            `WMSSConfig("<model name>-WMSS")`.
+        data_collator (`DataCollator`, *optional*):
+            As in `SFTTrainer`; also batches the phase-2 entropy forwards.
+        train_dataset ([`~datasets.Dataset`]):
+            Any SFT dataset: prompt/completion (completion-only loss), messages (every token, or every assistant turn
+            with `assistant_only_loss=True`), text / `formatting_func` (language modelling), or tokenized `input_ids`
+            (+ `labels`). Entropies and the loss use exactly the labels SFT would train. Not an `IterableDataset`
+            (WMSS re-samples by index).
+        eval_dataset (`Dataset | dict[str, Dataset]`, *optional*):
+            Evaluated on the strong model (`eval_loss` = its own loss, as SFT's).
+        processing_class (`PreTrainedTokenizerBase | ProcessorMixin`, *optional*):
+            As in `SFTTrainer`.
+        compute_loss_func (`None`):
+            Refused: the loss is [`~weakstrong.wmss.joint.mixed_loss`]; choose `loss_type` / `label_smoothing_factor`.
+        compute_metrics (`Callable[[EvalPrediction], dict]`, *optional*):
+            Receives the strong model's logits.
+        callbacks (`list[TrainerCallback]`, *optional*):
+            As in `SFTTrainer`; they get the strong model as `model`.
+        optimizers (`tuple[Optimizer | None, LambdaLR | None]`, *optional*, defaults to `(None, None)`):
+            A given optimizer must hold the weak model's parameters too for the weak model to train.
+        optimizer_cls_and_kwargs (`tuple[type[Optimizer], dict]`, *optional*):
+            Built over both models' trainable parameters.
+        preprocess_logits_for_metrics (`Callable`, *optional*):
+            On the strong model's logits.
+        quantization_config (`BitsAndBytesConfig`, *optional*):
+            Applied when `model` is a string, as in `SFTTrainer` (the weak model: `weak_model_init_kwargs`).
+        peft_config (`PeftConfig`, *optional*):
+            Wraps a plain `model` with a new adapter; then `weak_model` must be given (the base of a freshly wrapped M1
+            is M1 itself). Prompt-learning types run through the `PeftModel`'s forward (virtual tokens included).
+        formatting_func (`Callable`, *optional*):
+            As in `SFTTrainer`.
+        weak_model (`str | PreTrainedModel | None`, keyword-only):
+            The weak model M0 — an earlier checkpoint of the same model (same vocabulary): a loaded causal LM or a
+            path (loaded with `args.weak_model_init_kwargs`, default `args.model_init_kwargs`), trained too unless
+            `freeze_weak`. LoRA mode (`model` is a LoRA `PeftModel`): `None` = the base model under the adapter, as a
+            second adapter `"weak"` initialised to zero (one copy of the base weights), or the path of a saved adapter
+            of the same base.
     """
 
     _tag_names = ["trl", "sft", "wmss"]
@@ -296,8 +322,8 @@ class WMSSTrainer(SFTTrainer):
         return weak
 
     def _check_vocab(self, weak, strong):
-        vw = _full_shape(causal_lm_parts(weak)[1].weight)[0]
-        vs = _full_shape(causal_lm_parts(strong)[1].weight)[0]
+        vw = full_shape(causal_lm_parts(weak)[1].weight)[0]
+        vs = full_shape(causal_lm_parts(strong)[1].weight)[0]
         if vw != vs:
             raise ValueError(
                 f"The weak model's vocabulary ({vw} tokens) differs from the strong model's ({vs}): their logits "
@@ -441,102 +467,6 @@ class WMSSTrainer(SFTTrainer):
         embeddings.neftune_noise_alpha = self.neftune_noise_alpha
         return embeddings.register_forward_hook(neftune_post_forward_hook)
 
-    # ------------------------------------------------------------------ checkpoints
-    def _identity(self) -> dict:
-        data = self._full_train_dataset
-        if getattr(self, "_data_digest", None) is None:
-            digest = hashlib.sha1()
-            for i in sorted({0, len(data) // 2, len(data) - 1}):
-                digest.update(json.dumps([list(data[i]["input_ids"]), list(data[i]["labels"])]).encode())
-            digest.update(json.dumps([int(i) for i in data[INDEX_COLUMN]]).encode())
-            self._data_digest = digest.hexdigest()
-        return {"n_train": len(data), "data_digest": self._data_digest, "adapters": self._adapters,
-                **{k: getattr(self.args, k) for k in IDENTITY_FIELDS}}
-
-    def _positions_from_checkpoint(self, ckpt: str) -> list[int]:
-        path = os.path.join(ckpt, STATE_NAME)
-        if not os.path.isfile(path):
-            raise ValueError(f"{ckpt} has no {STATE_NAME}: it is not a WMSSTrainer checkpoint (an SFT checkpoint "
-                             "cannot resume a WMSS run). Fix: pass the SFT model as model= and start a new run.")
-        with open(path) as f:
-            state = json.load(f)
-        now = self._identity()
-        changed = {k: (state["identity"].get(k), v) for k, v in now.items() if state["identity"].get(k) != v}
-        if changed:
-            raise ValueError(f"Cannot resume from {ckpt}: the run's identity changed {changed} (checkpoint, now). "
-                             "Resume with the same data and WMSS settings, or use a new output_dir.")
-        self.selection = {k: state[k] for k in ("positions", "indices", "stats")}
-        return list(state["positions"])
-
-    def _save_checkpoint(self, model, trial):
-        self._saving_checkpoint = True
-        try:
-            super()._save_checkpoint(model, trial)
-        finally:
-            self._saving_checkpoint = False
-        if self.args.should_save and self.selection is not None:
-            folder = os.path.join(self._get_output_dir(trial=trial), f"checkpoint-{self.state.global_step}")
-            state = {"identity": self._identity(), **{k: self.selection[k] for k in ("positions", "indices", "stats")}}
-            with open(os.path.join(folder, STATE_NAME), "w") as f:
-                json.dump(state, f)
-
-    def _save(self, output_dir: str | None = None, state_dict=None):
-        """The strong model at ``output_dir`` (``save_pretrained`` format; LoRA: its ``"default"`` adapter). Inside
-        a checkpoint also the weak branch, in ``weak/``, so that a resume continues both."""
-        output_dir = output_dir if output_dir is not None else self.args.output_dir
-        if not self.args.should_save:
-            return
-        os.makedirs(output_dir, exist_ok=True)
-        joint = self.joint_model
-        with_weak = getattr(self, "_saving_checkpoint", False)
-        parts = _split_state_dict(state_dict) if state_dict else {"strong": None, "weak": None}
-        strong_sd = {"state_dict": parts["strong"]} if parts["strong"] else {}
-        if joint.adapters:
-            adapters = [STRONG_ADAPTER] + ([WEAK_ADAPTER] if with_weak else [])
-            joint.strong.save_pretrained(output_dir, selected_adapters=adapters, **strong_sd)  # weak -> weak/
-        else:
-            joint.strong.save_pretrained(output_dir, **strong_sd)
-            if with_weak:
-                weak_sd = {"state_dict": parts["weak"]} if parts["weak"] else {}
-                joint.weak.save_pretrained(os.path.join(output_dir, WEAK_SUBDIR), **weak_sd)
-        if self.processing_class is not None:
-            self.processing_class.save_pretrained(output_dir)
-        torch.save(self.args, os.path.join(output_dir, "training_args.bin"))
-
-    def save_model(self, output_dir: str | None = None, _internal_call: bool = False):
-        """The strong model only (``save_pretrained``-compatible). Under DeepSpeed ZeRO-3 its partitioned weights are
-        gathered from every process (collective: call on all of them) and written by the main process."""
-        if _internal_call or not self.is_deepspeed_enabled:
-            return super().save_model(output_dir, _internal_call=_internal_call)
-        output_dir = output_dir if output_dir is not None else self.args.output_dir
-        joint = self.joint_model
-        state_dict = full_state_dict(joint.strong, self.accelerator)
-        if self.args.should_save:
-            self._save(output_dir, state_dict={f"strong.{k}": v for k, v in state_dict.items()} if state_dict else None)
-        self.accelerator.wait_for_everyone()
-
-    def _load_from_checkpoint(self, resume_from_checkpoint, model=None):
-        if self.is_deepspeed_enabled or self.is_fsdp_enabled:  # the engine's / FSDP's own format of the JointModel
-            return super()._load_from_checkpoint(resume_from_checkpoint, model)
-        joint = self.joint_model
-        if joint.adapters:
-            from peft import set_peft_model_state_dict
-            from peft.utils import load_peft_weights
-
-            set_peft_model_state_dict(joint.strong, load_peft_weights(resume_from_checkpoint),
-                                      adapter_name=STRONG_ADAPTER)
-            weak_dir = os.path.join(resume_from_checkpoint, WEAK_ADAPTER)
-            set_peft_model_state_dict(joint.strong, load_peft_weights(weak_dir), adapter_name=WEAK_ADAPTER)
-        else:
-            _load_weights(joint.strong, resume_from_checkpoint)
-            _load_weights(joint.weak, os.path.join(resume_from_checkpoint, WEAK_SUBDIR))
-
-    def _load_best_model(self):
-        if self.is_deepspeed_enabled or self.is_fsdp_enabled:
-            return super()._load_best_model()
-        logger.info(f"Loading best model from {self.state.best_model_checkpoint} (score: {self.state.best_metric}).")
-        self._load_from_checkpoint(self.state.best_model_checkpoint)
-
     # ------------------------------------------------------------------ loss and metrics
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         """Training: :func:`~weakstrong.wmss.joint.mixed_loss` (normalised like SFT's loss), plus the strong model's
@@ -601,78 +531,3 @@ def _count_tokens(inputs, accelerator) -> int:
     else:
         local = torch.tensor(inputs["input_ids"].numel(), device=inputs["input_ids"].device)
     return int(accelerator.gather(local.reshape(1)).sum().item())
-
-
-def _split_state_dict(state_dict: dict) -> dict:
-    """A JointModel state dict (``strong.*`` / ``weak.*``) split by branch; any other dict is the strong model's."""
-    if not any(k.startswith("strong.") for k in state_dict):
-        return {"strong": state_dict, "weak": None}
-    parts = {"strong": {}, "weak": {}}
-    for k, v in state_dict.items():
-        head, _, rest = k.partition(".")
-        if head in parts:
-            parts[head][rest] = v
-    return {k: v or None for k, v in parts.items()}
-
-
-def _load_weights(model, folder: str):
-    """Load a ``save_pretrained`` folder's weights into an existing model (tied weights may be absent)."""
-    from safetensors.torch import load_file
-
-    index = os.path.join(folder, "model.safetensors.index.json")
-    if os.path.isfile(index):
-        with open(index) as f:
-            files = sorted(set(json.load(f)["weight_map"].values()))
-    else:
-        files = ["model.safetensors"]
-    state = {}
-    for name in files:
-        state.update(load_file(os.path.join(folder, name)))
-    missing, unexpected = model.load_state_dict(state, strict=False)
-    tied = set(getattr(model, "_tied_weights_keys", None) or [])
-    missing = [k for k in missing if k not in tied and not k.endswith("lm_head.weight")]
-    if missing or unexpected:
-        raise RuntimeError(f"checkpoint {folder} does not match the model: missing {missing[:5]}, unexpected {unexpected[:5]}")
-
-
-def _full_shape(param) -> torch.Size:
-    """A parameter's shape, also when ZeRO-3 has partitioned it (``ds_shape``)."""
-    return getattr(param, "ds_shape", None) or param.shape
-
-
-def _zero3_params(module) -> list:
-    return [p for p in module.parameters() if hasattr(p, "ds_id")]
-
-
-@contextlib.contextmanager
-def gathered_for_forward(module):
-    """Make a module whose parameters ZeRO-3 partitioned usable in plain forwards on one process.
-
-    Phase 2 runs before the training engine exists and each process measures its own rows, so the full parameters
-    are gathered once (read-only, ``modifier_rank=None``) for the whole pass and re-partitioned afterwards. A no-op
-    for ordinary parameters (one process, DDP, ZeRO-1/2).
-    """
-    params = _zero3_params(module)
-    if not params:
-        yield module
-        return
-    import deepspeed
-
-    with deepspeed.zero.GatheredParameters(params, modifier_rank=None):
-        yield module
-
-
-def full_state_dict(model, accelerator) -> dict | None:
-    """The model's full state dict (clones, on CPU) when ZeRO-3 partitioned it, else ``None`` (use the model's own).
-
-    Collective: every process must call it.
-    """
-    params = _zero3_params(model)
-    if not params:
-        return None
-    import deepspeed
-
-    with deepspeed.zero.GatheredParameters(params, modifier_rank=None):
-        if accelerator.is_main_process:
-            return {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
-    return None
