@@ -46,7 +46,9 @@ def test_one_train_is_one_run(make_args, rooms_chat):
     assert (count.begin, count.end) == (1, 1)
     history = trainer.state.log_history
     first = history[0]
-    assert first["step"] == 0 and first["wmss/selection/size"] == size and "wmss/entropy/delta" in first
+    # the selection joins the run's first log entry (SFT's log_history shape: no extra entry)
+    assert first["step"] == 1 and "loss" in first and first["wmss/selection/size"] == size
+    assert "wmss/entropy/delta" in first and sum("wmss/selection/size" in h for h in history) == 1
     steps = [h["step"] for h in history if "loss" in h]
     assert steps == list(range(1, out.global_step + 1))
     assert out.metrics["train_loss"] == pytest.approx(np.mean([h["loss"] for h in history if "loss" in h]), rel=1e-4)

@@ -1,12 +1,12 @@
 """``WMSSTrainer``: one round of Weak-Driven Learning (WMSS) as one TRL Trainer run.
 
-``WMSSTrainer(model=M1, weak_model=M0, args=WMSSConfig(...), train_dataset=...)`` — the strong model (already
+``WMSSTrainer(M1, WMSSConfig(...), train_dataset=..., weak_model=M0)`` — the strong model (already
 fine-tuned, e.g. by ``SFTTrainer``) and the weak one, taken like TRL trainers take a second model (``ref_model``,
 ``teacher_model``). ``train()`` is one run:
 
 1. phase 2, at its start — per-example entropies of weak and strong over the tokens the loss trains, sampling
    weights (``weight_formula``), a seeded weighted draw; written to ``output_dir/selection/`` and logged (``wmss/*``)
-   at step 0 of ``state.log_history``;
+   with the run's first log entry;
 2. phase 3 — joint training of strong + weak on the CE of their mixed logits (:class:`JointModel`) over the drawn
    examples, for ``num_train_epochs`` / ``max_steps``.
 
@@ -72,8 +72,8 @@ def check_finite(module, name: str) -> None:
 
 
 class _SelectionLog(TrainerCallback):
-    """Writes the phase-2 statistics into the run's log (step 0), once the Trainer state of the run exists; on a
-    resume, continues the ``num_tokens`` count of the interrupted run (SFTTrainer restarts it at 0)."""
+    """Gives callbacks the user's model; on a resume, continues the ``num_tokens`` count of the interrupted run
+    (SFTTrainer restarts it at 0)."""
 
     def __init__(self, trainer):
         self.trainer = trainer
@@ -81,9 +81,6 @@ class _SelectionLog(TrainerCallback):
     def on_train_begin(self, args, state, control, **kwargs):
         # callbacks after this one (it runs first) get the user's model as ``model``, as with SFTTrainer
         self.trainer.callback_handler.model = self.trainer.joint_model.strong
-        logs, self.trainer._pending_selection_log = self.trainer._pending_selection_log, None
-        if logs:
-            self.trainer.log(logs)
         counted = [h["num_tokens"] for h in state.log_history if "num_tokens" in h and "loss" in h]
         if state.global_step > 0 and counted:
             self.trainer._total_train_tokens = int(counted[-1])
@@ -444,6 +441,14 @@ class WMSSTrainer(CheckpointsMixin, SFTTrainer):
     def predict(self, test_dataset, ignore_keys=None, metric_key_prefix: str = "test"):
         with self._trainer_scope():
             return super().predict(test_dataset, ignore_keys=ignore_keys, metric_key_prefix=metric_key_prefix)
+
+    def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
+        """SFT's ``log``; the phase-2 statistics (``wmss/*``) join the run's first log entry (whichever it is: a
+        training step, an evaluation, or the final summary), so ``state.log_history`` has SFT's entries and steps."""
+        pending, self._pending_selection_log = self._pending_selection_log, None
+        if pending:
+            logs = {**logs, **pending}
+        super().log(logs, start_time)
 
     def _apply_liger_kernel(self):
         """``use_liger_kernel``: Liger's layer kernels on the strong model and on a separate weak model (the same
