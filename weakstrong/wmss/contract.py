@@ -166,7 +166,8 @@ CONFIG: dict[str, tuple[str, str, str]] = {
 #: SFTTrainer constructor arguments (``self`` excluded) and WMSSTrainer's own
 TRAINER: dict[str, tuple[str, str, str]] = {
     "model": (WMSS, "The strong model M1 (path, model or PeftModel), SFT's `model`; `trainer.model` stays this model "
-              "(or its PeftModel). A LoRA PeftModel without `weak_model` is LoRA mode (weak = a second adapter).",
+              "(or its PeftModel). A LoRA PeftModel without `weak_model` is LoRA mode (weak = a second adapter). "
+              "Logit-transforming families and biased heads: see Model families.",
               _P + "test_trainer_model_is_the_users_model"),
     "args": (SAME, "A `WMSSConfig`; an `SFTConfig` / `TrainingArguments` is converted (tokens kept).",
              _P + "test_positional_order_as_sft"),
@@ -201,6 +202,24 @@ TRAINER: dict[str, tuple[str, str, str]] = {
 REFUSED_VALUES = {"activation_offloading": True, "eval_packing": True, "packing": True}
 
 
+#: TRL's own ``tests/test_sft_trainer.py`` run against WMSSTrainer: the tests that pass for SFTTrainer and fail for
+#: WMSSTrainer by design, with the contract row that says why
+PEER_DIFFERENCES = {
+    "test_train_packing[bfd]": "packing", "test_train_packing[wrapped]": "packing",
+    "test_packing_carries_labels": "packing", "test_eval_packing": "packing", "test_only_train_packing": "packing",
+    "test_train_with_iterable_dataset": "train_dataset", "test_train_assistant_only_iterable_dataset": "train_dataset",
+    "test_train[tiny-Cohere2ForCausalLM]": "model",
+}
+
+#: model families whose logits are transformed or whose LM head has a bias
+FAMILIES = ("Gemma-2/3 (`final_logit_softcapping`), Cohere / Cohere2 (`logit_scale`), Granite (`1/logits_scaling`), "
+            "Falcon-H1 (`lm_head_multiplier`) and LM heads with a bias train on the exact mixed CE of their own logits: "
+            "the trainer passes the transform and the biases to the hidden-state kernels (`logit_scale`, "
+            "`final_logit_softcapping`, `bias` / `strong_bias` / `weak_bias`). While the installed kernels do not take "
+            "an argument a model needs, `WMSSTrainer` refuses the model at construction, naming the argument (a "
+            "biased head already trains at `mix_lambda=1.0`).")
+
+
 def contract_markdown() -> str:
     """The contract as Markdown tables (``docs/wmss_contract.md``)."""
     lines = ["# WMSSTrainer against SFTTrainer: the contract", "",
@@ -214,6 +233,13 @@ def contract_markdown() -> str:
         for name, (kind, note, test) in table.items():
             lines.append(f"| `{name}` | {kind} | {note.replace('|', '/')} | {f'`{test}`' if test else ''} |")
         lines.append("")
+    lines += ["## Model families", "", FAMILIES, "",
+              "## TRL's own SFT tests", "",
+              "TRL's `tests/test_sft_trainer.py`, run against `WMSSTrainer` (the weak model: the same architecture, "
+              "another seed), fails by design only where a row above says so:", "",
+              "| TRL test | row |", "|---|---|"]
+    lines += [f"| `{test}` | `{row}` |" for test, row in PEER_DIFFERENCES.items()]
+    lines.append("")
     return "\n".join(lines)
 
 
