@@ -315,7 +315,8 @@ def profile_one(mode: str, opts) -> dict:
     loaded_rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     tr.train()
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    trainable = sum(p.numel() for p in tr.joint_model.parameters() if p.requires_grad)
+    trained = tr.joint_model if phase != "sft" else tr.model
+    trainable = sum(p.numel() for p in trained.parameters() if p.requires_grad)
     return {"mode": mode, "step_s_median": statistics.median(times[1:]), "steps": len(times),
             "peak_rss_mb": round(peak), "rss_after_load_mb": round(loaded_rss), "rss_before_mb": round(base_rss),
             "trainable_params": trainable}
