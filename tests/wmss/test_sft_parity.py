@@ -199,6 +199,12 @@ def test_moe_router_loss_is_added_and_logged_as_sft(make_args, rooms_chat):
     assert loss.item() == pytest.approx(expected.item(), rel=1e-5)
     assert trainer._metrics["train"]["aux_loss"] == [pytest.approx(out.aux_loss.item(), rel=1e-6)]
     trainer._metrics["train"].clear()
+    joint.eval()  # eval_loss: the strong model's own loss plus the weighted router loss, as SFT's eval_loss
+    with torch.no_grad():
+        eval_loss = trainer.compute_loss(joint, dict(batch))
+    assert eval_loss.item() == pytest.approx((out.strong_loss_sum / out.num_tokens + 0.25 * out.aux_loss).item(),
+                                             rel=1e-5)
+    trainer._metrics["eval"].clear()
     trainer.train()
     assert "aux_loss" in [h for h in trainer.state.log_history if "loss" in h][0]
 

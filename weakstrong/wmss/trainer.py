@@ -488,12 +488,12 @@ class WMSSTrainer(CheckpointsMixin, SFTTrainer):
             loss = out.loss_sum / torch.as_tensor(denom, device=out.loss_sum.device).clamp(min=1)
             if self.args.average_tokens_across_devices and num_items_in_batch is not None:
                 loss = loss * self.accelerator.num_processes
-            if out.aux_loss is not None:  # as SFTTrainer: a per-micro-batch mean, averaged over accumulation steps
-                steps = self.current_gradient_accumulation_steps if num_items_in_batch is not None else 1
-                loss = loss + self.router_aux_loss_coef * out.aux_loss / steps
             self._total_train_tokens += _count_tokens(inputs, self.accelerator)
         else:
             loss = out.strong_loss_sum / local_n
+        if out.aux_loss is not None:  # as SFTTrainer (eval too): a per-micro-batch mean, averaged over accumulation
+            steps = self.current_gradient_accumulation_steps if num_items_in_batch is not None else 1
+            loss = loss + self.router_aux_loss_coef * out.aux_loss / steps
         self._metrics[mode]["num_tokens"] = [self._total_train_tokens]
         return (loss, out) if return_outputs else loss
 
