@@ -151,6 +151,20 @@ def test_mean_token_accuracy_train_and_eval(make_args, rooms_chat):
     assert trainer.state.best_metric == max(h["eval_mean_token_accuracy"] for h in eval_logs)
 
 
+def test_first_log_is_an_evaluation(make_args, rooms_chat):
+    """When the run's first log entry is an evaluation, evaluate() still returns SFT's metrics with the selection's
+    (TRL's test_train_with_metric_for_best_model: metric_for_best_model="eval_mean_token_accuracy")."""
+    strong, weak, tok = _pair()
+    args = make_args(max_steps=2, logging_steps=10, eval_strategy="steps", eval_steps=1, save_strategy="steps",
+                     save_steps=1, metric_for_best_model="eval_mean_token_accuracy", per_device_train_batch_size=2)
+    trainer = WMSSTrainer(strong, args, weak_model=weak, train_dataset=rooms_chat.select(range(4)),
+                          eval_dataset=rooms_chat.select(range(4, 6)), processing_class=tok)
+    trainer.train()
+    first = trainer.state.log_history[0]
+    assert "eval_loss" in first and "eval_mean_token_accuracy" in first and "wmss/selection/size" in first
+    assert trainer.state.best_metric is not None
+
+
 def test_token_accuracy_counts_strong_argmax(pair):
     strong, weak, tok = pair
     rows = [tok(f"meeting {i} at room {i % 3}")["input_ids"] for i in range(3)]

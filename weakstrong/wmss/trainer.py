@@ -447,7 +447,7 @@ class WMSSTrainer(CheckpointsMixin, SFTTrainer):
         training step, an evaluation, or the final summary), so ``state.log_history`` has SFT's entries and steps."""
         pending, self._pending_selection_log = self._pending_selection_log, None
         if pending:
-            logs = {**logs, **pending}
+            logs.update(pending)  # in place, like SFT's own metrics: evaluate() returns this dict
         super().log(logs, start_time)
 
     def _apply_liger_kernel(self):
