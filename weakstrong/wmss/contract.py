@@ -72,10 +72,10 @@ CONFIG: dict[str, tuple[str, str, str]] = {
     "tf32": (SAME, "", ""),
     "activation_checkpointing": (WMSS, "Both models; in LoRA mode every checkpointed layer recomputes with the "
                                  "adapter of its forward.", _T + "test_lora.py"),
-    "activation_checkpointing_kwargs": (SAME, "", ""),
+    "activation_checkpointing_kwargs": (SAME, "", "peer:test_train_with_gradient_checkpointing_reentrant"),
     "gradient_checkpointing": (WMSS, "Deprecated mirror of `activation_checkpointing` (same meaning).",
                                _T + "test_lora.py"),
-    "gradient_checkpointing_kwargs": (SAME, "", ""),
+    "gradient_checkpointing_kwargs": (SAME, "", "peer:test_train_with_gradient_checkpointing_reentrant"),
     "activation_offloading": (REFUSED, "Not verified with the two forwards of the joint model: set False, use "
                               "`activation_checkpointing`.", _T + "test_contract.py::test_refused_fields_are_refused"),
     "torch_compile": (SAME, "Compiles the trained module (both models).", ""),
@@ -143,7 +143,7 @@ CONFIG: dict[str, tuple[str, str, str]] = {
                           "`weak_model_init_kwargs` is set.", _T + "test_errors.py"),
     "trust_remote_code": (SAME, "Both models.", ""),
     "chat_template_path": (SAME, "", ""), "dataset_text_field": (SAME, "", _T + "test_data.py"),
-    "dataset_kwargs": (SAME, "", ""), "dataset_num_proc": (SAME, "", ""), "eos_token": (SAME, "", ""),
+    "dataset_kwargs": (SAME, "", "peer:test_skip_prepare_dataset_with_masks_but_no_labels_raises"), "dataset_num_proc": (SAME, "", ""), "eos_token": (SAME, "", ""),
     "pad_token": (SAME, "", _T + "test_errors.py::test_sft_config_converts_with_its_tokens"),
     "max_length": (SAME, "Examples left with no supervised token are dropped, as SFT drops them.",
                    _T + "test_errors.py"),
