@@ -241,7 +241,7 @@ def main(args) -> int:
             run_eval("M1 (SFT, 1 epoch)", "M1")
         else:
             timings["WMSS"] = now - stage_start["wmss"]
-            model_ref["model"] = trainer.accelerator.unwrap_model(trainer.model).strong
+            model_ref["model"] = trainer.model  # the strong model
             wmss_info.update(selection=trainer.selection, steps=trainer.state.global_step)
             run_eval(f"M1 + WMSS ({trainer.state.global_step} steps)", "WMSS")
         model_ref["model"] = None

@@ -7,6 +7,9 @@
 * :func:`distributed_run` — both, as a context manager.
 * :func:`shard_indices` / :func:`gather_in_order` — split a list of row positions over the processes and put the
   per-process results back in the original order (used by WMSS phase 2).
+* :func:`full_shape`, :func:`zero3_params`, :func:`gathered_for_forward`, :func:`full_state_dict` — DeepSpeed ZeRO-3
+  partitioned parameters: their full shape, a module's partitioned parameters, plain forwards outside the engine
+  (WMSS phase 2), the full state dict for saving.
 """
 
 from __future__ import annotations
@@ -103,3 +106,46 @@ def gather_in_order(values: np.ndarray, n: int, accelerator) -> np.ndarray:
             raise RuntimeError(f"process {rank} returned {len(vals)} values for {len(idx)} rows")
         out[idx] = vals
     return out
+
+
+def full_shape(param) -> torch.Size:
+    """A parameter's shape, also when ZeRO-3 has partitioned it (``ds_shape``)."""
+    return getattr(param, "ds_shape", None) or param.shape
+
+
+def zero3_params(module) -> list:
+    return [p for p in module.parameters() if hasattr(p, "ds_id")]
+
+
+@contextlib.contextmanager
+def gathered_for_forward(module):
+    """Make a module whose parameters ZeRO-3 partitioned usable in plain forwards on one process.
+
+    Phase 2 runs before the training engine exists and each process measures its own rows, so the full parameters
+    are gathered once (read-only, ``modifier_rank=None``) for the whole pass and re-partitioned afterwards. A no-op
+    for ordinary parameters (one process, DDP, ZeRO-1/2).
+    """
+    params = zero3_params(module)
+    if not params:
+        yield module
+        return
+    import deepspeed
+
+    with deepspeed.zero.GatheredParameters(params, modifier_rank=None):
+        yield module
+
+
+def full_state_dict(model, accelerator) -> dict | None:
+    """The model's full state dict (clones, on CPU) when ZeRO-3 partitioned it, else ``None`` (use the model's own).
+
+    Collective: every process must call it.
+    """
+    params = zero3_params(model)
+    if not params:
+        return None
+    import deepspeed
+
+    with deepspeed.zero.GatheredParameters(params, modifier_rank=None):
+        if accelerator.is_main_process:
+            return {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
+    return None

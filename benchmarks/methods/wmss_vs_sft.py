@@ -146,10 +146,10 @@ def run_seed_arm(seed, arm, opts, task, train, test, work):
                             selection=arm != "wd_jt", num_train_epochs=1, save_entropy_plots=(arm == "wmss"),
                             freeze_weak=arm == "frozen",
                             learning_rate=opts.lr if arm == "wmss_samelr" else opts.wmss_lr)
-        tr = WMSSTrainer(m1_dir, m0, args=cfg, train_dataset=train, processing_class=tok)
+        tr = WMSSTrainer(m1_dir, weak_model=m0, args=cfg, train_dataset=train, processing_class=tok)
         tr.remove_callback(PrinterCallback)
         tr.train()
-        model, steps = tr.model.strong, tr.state.global_step
+        model, steps = tr.model, tr.state.global_step
         drawn = int(tr.selection["stats"]["selection/size"])
         # the strong model's own CE and the mixed CE over phase 3 (first and last logged step): does the strong
         # model alone get better while the mixture is fitted?
@@ -310,12 +310,13 @@ def profile_one(mode: str, opts) -> dict:
             strong, weak = get_peft_model(AutoModelForCausalLM.from_pretrained(m0), peft_config), None
         else:
             strong, weak = m0, m0
-        tr = WMSSTrainer(strong, weak, args=cfg, train_dataset=train, processing_class=tok, callbacks=[Timer()])
+        tr = WMSSTrainer(strong, weak_model=weak, args=cfg, train_dataset=train, processing_class=tok, callbacks=[Timer()])
     tr.remove_callback(PrinterCallback)
     loaded_rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     tr.train()
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    trainable = sum(p.numel() for p in tr.model.parameters() if p.requires_grad)
+    trained = tr.joint_model if phase != "sft" else tr.model
+    trainable = sum(p.numel() for p in trained.parameters() if p.requires_grad)
     return {"mode": mode, "step_s_median": statistics.median(times[1:]), "steps": len(times),
             "peak_rss_mb": round(peak), "rss_after_load_mb": round(loaded_rss), "rss_before_mb": round(base_rss),
             "trainable_params": trainable}

@@ -43,7 +43,7 @@ def wmss(make_args, data, tok, dtype=torch.float32, **kw):
     strong, _ = tiny_model("llama", seed=0, dtype=dtype)
     weak, _ = tiny_model("llama", seed=1, dtype=dtype)
     fmt = kw.pop("formatting_func", None)
-    return WMSSTrainer(strong, weak, args=make_args(shuffle_dataset=False, **kw), train_dataset=data,
+    return WMSSTrainer(strong, weak_model=weak, args=make_args(shuffle_dataset=False, **kw), train_dataset=data,
                        processing_class=tok, formatting_func=fmt)
 
 

@@ -38,7 +38,7 @@ def rows_of(tok, data):
 
     strong, _ = tiny_model("llama", seed=3)
     weak, _ = tiny_model("llama", seed=4)
-    tr = WMSSTrainer(strong, weak, args=WMSSConfig("/tmp/unused-wmss", report_to="none", use_cpu=True),
+    tr = WMSSTrainer(strong, weak_model=weak, args=WMSSConfig("/tmp/unused-wmss", report_to="none", use_cpu=True),
                      train_dataset=data, processing_class=tok)
     return [{"input_ids": list(r["input_ids"]), "labels": list(r["labels"])} for r in tr._full_train_dataset]
 

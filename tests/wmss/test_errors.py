@@ -43,7 +43,7 @@ def test_sft_config_converts_with_its_tokens(tmp_path, pair, rooms_chat):
         ("hf_secret", "<|im_end|>", 2e-5, 2, 0.4)
     assert args.activation_checkpointing is False
     strong, weak, tok = pair
-    trainer = WMSSTrainer(strong, weak, args=sft, train_dataset=rooms_chat.select(range(4)), processing_class=tok)
+    trainer = WMSSTrainer(strong, weak_model=weak, args=sft, train_dataset=rooms_chat.select(range(4)), processing_class=tok)
     assert isinstance(trainer.args, WMSSConfig) and trainer.args.hub_token == "hf_secret"
 
 
@@ -55,23 +55,23 @@ def test_weak_model_loaded_with_model_init_kwargs(make_args, rooms_chat, tmp_pat
         m.save_pretrained(tmp_path / name)
         tok.save_pretrained(tmp_path / name)
     init = {"dtype": "bfloat16", "attn_implementation": "eager"}
-    trainer = WMSSTrainer(str(tmp_path / "strong"), str(tmp_path / "weak"), args=make_args(model_init_kwargs=init),
+    trainer = WMSSTrainer(str(tmp_path / "strong"), weak_model=str(tmp_path / "weak"), args=make_args(model_init_kwargs=init),
                           train_dataset=rooms_chat.select(range(4)), processing_class=tok)
-    joint = trainer.model
+    joint = trainer.joint_model
     for m in (joint.strong, joint.weak):
         assert next(m.parameters()).dtype == torch.bfloat16
         assert m.config._attn_implementation == "eager"
     own = make_args(model_init_kwargs=init, weak_model_init_kwargs={"dtype": "float32"})
-    trainer = WMSSTrainer(str(tmp_path / "strong"), str(tmp_path / "weak"), args=own,
+    trainer = WMSSTrainer(str(tmp_path / "strong"), weak_model=str(tmp_path / "weak"), args=own,
                           train_dataset=rooms_chat.select(range(4)), processing_class=tok)
-    assert next(trainer.model.weak.parameters()).dtype == torch.float32
+    assert next(trainer.joint_model.weak.parameters()).dtype == torch.float32
 
 
 def test_nan_weights_are_named(make_args, pair, rooms_chat):
     strong, weak, tok = pair
     with torch.no_grad():
         weak.model.layers[0].mlp.up_proj.weight[0, 0] = float("nan")
-    trainer = WMSSTrainer(strong, weak, args=make_args(max_steps=1), train_dataset=rooms_chat.select(range(4)),
+    trainer = WMSSTrainer(strong, weak_model=weak, args=make_args(max_steps=1), train_dataset=rooms_chat.select(range(4)),
                           processing_class=tok)
     with pytest.raises(ValueError, match=r"weak model's weights contain NaN/Inf.*up_proj"):
         trainer.train()
@@ -81,7 +81,7 @@ def test_empty_dataset_is_named(make_args, pair):
     strong, weak, tok = pair
     empty = Dataset.from_dict({"prompt": [], "completion": []})
     with pytest.raises(ValueError, match="train_dataset is empty"):
-        WMSSTrainer(strong, weak, args=make_args(), train_dataset=empty, processing_class=tok)
+        WMSSTrainer(strong, weak_model=weak, args=make_args(), train_dataset=empty, processing_class=tok)
 
 
 def test_examples_truncated_away_are_left_out_like_sft(make_args, pair, rooms_chat, caplog):
@@ -90,7 +90,7 @@ def test_examples_truncated_away_are_left_out_like_sft(make_args, pair, rooms_ch
     rows[2]["prompt"] = [{"role": "user", "content": "word " * 300}]  # truncation leaves no completion token
     ds = Dataset.from_list([{"prompt": r["prompt"], "completion": r["completion"]} for r in rows])
     with caplog.at_level("WARNING"):
-        trainer = WMSSTrainer(strong, weak, args=make_args(max_length=128), train_dataset=ds, processing_class=tok)
+        trainer = WMSSTrainer(strong, weak_model=weak, args=make_args(max_length=128), train_dataset=ds, processing_class=tok)
     assert sorted(trainer._full_train_dataset["wmss_index"]) == [0, 1, 3]
     assert "rows 2" in caplog.text
 
@@ -111,12 +111,12 @@ def test_vocab_mismatch(make_args, rooms_chat):
     weak, _ = tiny_model("llama", vocab_size=384)
     assert weak.config.vocab_size != model.config.vocab_size
     with pytest.raises(ValueError, match=r"vocabulary.*Fix"):
-        WMSSTrainer(model, weak, args=make_args(), train_dataset=rooms_chat.select(range(4)), processing_class=tok)
+        WMSSTrainer(model, weak_model=weak, args=make_args(), train_dataset=rooms_chat.select(range(4)), processing_class=tok)
 
 
 def test_collapse_is_warned(make_args, tiny, rooms_chat):
     model, tok = tiny
-    trainer = WMSSTrainer(model, copy.deepcopy(model), args=make_args(max_steps=1),
+    trainer = WMSSTrainer(model, weak_model=copy.deepcopy(model), args=make_args(max_steps=1),
                           train_dataset=rooms_chat.select(range(4)), processing_class=tok)
     with pytest.warns(UserWarning, match="COLLAPSE"):
         trainer.train()

@@ -138,7 +138,7 @@ def test_one_trainer_step_is_the_reference_gradient(make_args, pair, rooms_chat,
     args = make_args(mix_lambda=lam, selection=False, optim="sgd", learning_rate=lr, max_grad_norm=0.0,
                      weight_decay=0.0, lr_scheduler_type="constant", max_steps=1, per_device_train_batch_size=6,
                      shuffle_dataset=False)
-    trainer = WMSSTrainer(strong, weak, args=args, train_dataset=rooms_chat.select(range(6)), processing_class=tok)
+    trainer = WMSSTrainer(strong, weak_model=weak, args=args, train_dataset=rooms_chat.select(range(6)), processing_class=tok)
     trainer.train()
     batch = trainer.data_collator(prepared(trainer))
     reference_loss(ref_s, ref_w, batch, lam)[0].backward()

@@ -33,7 +33,7 @@ def lora_weights(model, adapter):
 def test_zero_initialised_weak_adapter_is_the_base(make_args, rooms_chat, prepared):
     model, tok = sft_adapter_model()
     trainer = WMSSTrainer(model, args=make_args(), train_dataset=rooms_chat.select(range(4)), processing_class=tok)
-    joint = trainer.model
+    joint = trainer.joint_model
     assert joint.adapters and set(model.peft_config) == {"default", "weak"}
     rows = prepared(trainer)
     with joint.branch("weak") as m:
@@ -135,12 +135,12 @@ def test_weak_adapter_from_a_saved_adapter(make_args, rooms_chat, tmp_path):
         for k, p in model.named_parameters():
             if "lora_B" in k:
                 p.add_(0.1)
-    trainer = WMSSTrainer(model, str(tmp_path / "earlier"), args=make_args(max_steps=1),
+    trainer = WMSSTrainer(model, weak_model=str(tmp_path / "earlier"), args=make_args(max_steps=1),
                           train_dataset=rooms_chat.select(range(4)), processing_class=tok)
     want = lora_weights(earlier, "default")
     got = lora_weights(model, "weak")
     assert len(got) == len(want)
     for k, v in want.items():
         torch.testing.assert_close(got[k.replace(".default.", ".weak.")], v)
-    assert trainer.model.set_trainable() is None and all(
+    assert trainer.joint_model.set_trainable() is None and all(
         p.requires_grad for k, p in model.named_parameters() if ".weak." in k)

@@ -22,9 +22,9 @@ def record(monkeypatch):
     calls = []
     init = trainer_module.WMSSTrainer.__init__
 
-    def spy(self, model, weak_model=None, *a, **k):
+    def spy(self, model, *a, weak_model=None, **k):
         calls.append((model if isinstance(model, str) else type(model).__name__, weak_model))
-        init(self, model, weak_model, *a, **k)
+        init(self, model, *a, weak_model=weak_model, **k)
 
     monkeypatch.setattr(trainer_module.WMSSTrainer, "__init__", spy)
     return calls
@@ -47,7 +47,7 @@ def test_two_rounds_full(make_args, rooms_chat, tmp_path, record):
     saved = AutoModelForCausalLM.from_pretrained(out / "m0").state_dict()
     assert all(torch.equal(saved[k], v) for k, v in start.items() if k in saved)
     assert [h["step"] for h in res.log_history["sft"] if "loss" in h] == [1, 2, 3]
-    assert res.log_history["round-2"][0]["step"] == 0 and "wmss/selection/size" in res.log_history["round-2"][0]
+    assert "wmss/selection/size" in res.log_history["round-2"][0]
     journal = json.loads((out / "wmss_run.json").read_text())
     assert set(journal["stages"]) == {"m0", "sft", "round-1", "round-2"}
     AutoModelForCausalLM.from_pretrained(res.final_dir)

@@ -37,7 +37,7 @@ def test_one_train_is_one_run(make_args, rooms_chat):
     strong, weak, tok = models()
     count = Count()
     args = make_args(num_train_epochs=2, per_device_train_batch_size=2, learning_rate=3e-3)
-    trainer = WMSSTrainer(strong, weak, args=args, train_dataset=rooms_chat.select(range(8)), processing_class=tok,
+    trainer = WMSSTrainer(strong, weak_model=weak, args=args, train_dataset=rooms_chat.select(range(8)), processing_class=tok,
                           callbacks=[count])
     out = trainer.train()
     size = int(trainer.selection["stats"]["selection/size"])
@@ -46,7 +46,9 @@ def test_one_train_is_one_run(make_args, rooms_chat):
     assert (count.begin, count.end) == (1, 1)
     history = trainer.state.log_history
     first = history[0]
-    assert first["step"] == 0 and first["wmss/selection/size"] == size and "wmss/entropy/delta" in first
+    # the selection joins the run's first log entry (SFT's log_history shape: no extra entry)
+    assert first["step"] == 1 and "loss" in first and first["wmss/selection/size"] == size
+    assert "wmss/entropy/delta" in first and sum("wmss/selection/size" in h for h in history) == 1
     steps = [h["step"] for h in history if "loss" in h]
     assert steps == list(range(1, out.global_step + 1))
     assert out.metrics["train_loss"] == pytest.approx(np.mean([h["loss"] for h in history if "loss" in h]), rel=1e-4)
@@ -64,7 +66,7 @@ def run(make_args, data, out, callbacks=(), resume=None, dtype=torch.float32, **
     strong, weak, tok = models(dtype)
     args = make_args(output_dir=str(out), per_device_train_batch_size=2, save_strategy="steps", save_steps=2,
                      dedup=False, learning_rate=3e-3, **kw)
-    trainer = WMSSTrainer(strong, weak, args=args, train_dataset=data, processing_class=tok, callbacks=list(callbacks))
+    trainer = WMSSTrainer(strong, weak_model=weak, args=args, train_dataset=data, processing_class=tok, callbacks=list(callbacks))
     trainer.train(resume_from_checkpoint=resume)
     return trainer
 
@@ -87,7 +89,7 @@ def test_resume_is_the_uninterrupted_run(make_args, rooms_chat, tmp_path, monkey
     resumed = run(make_args, data, tmp_path / "b", callbacks=[count], resume=True, dtype=torch.float64)
     assert resumed.state.global_step == full.state.global_step == 12 and count.begin == 1
     assert resumed.selection["indices"] == full.selection["indices"]
-    for a, b in ((full.model.strong, resumed.model.strong), (full.model.weak, resumed.model.weak)):
+    for a, b in ((full.joint_model.strong, resumed.joint_model.strong), (full.joint_model.weak, resumed.joint_model.weak)):
         for (name, p), q in zip(a.named_parameters(), b.parameters()):
             assert p.dtype == torch.float64, name
             torch.testing.assert_close(p, q, rtol=0, atol=1e-9, msg=name)
@@ -104,7 +106,7 @@ def test_resume_is_the_uninterrupted_run(make_args, rooms_chat, tmp_path, monkey
 def test_resume_from_a_non_wmss_checkpoint_refuses(make_args, rooms_chat, tmp_path):
     (tmp_path / "sft" / "checkpoint-1").mkdir(parents=True)
     strong, weak, tok = models()
-    trainer = WMSSTrainer(strong, weak, args=make_args(max_steps=1), train_dataset=rooms_chat.select(range(4)),
+    trainer = WMSSTrainer(strong, weak_model=weak, args=make_args(max_steps=1), train_dataset=rooms_chat.select(range(4)),
                           processing_class=tok)
     with pytest.raises(ValueError, match="not a WMSSTrainer checkpoint"):
         trainer.train(resume_from_checkpoint=str(tmp_path / "sft" / "checkpoint-1"))
@@ -121,7 +123,7 @@ def test_evaluation_is_on_the_strong_model(make_args, rooms_chat):
         seen["shape"] = tuple(pred.predictions.shape)
         return {"probe": 1.0}
 
-    trainer = WMSSTrainer(strong, weak, args=make_args(per_device_eval_batch_size=2),
+    trainer = WMSSTrainer(strong, weak_model=weak, args=make_args(per_device_eval_batch_size=2),
                           train_dataset=rooms_chat.select(range(4)), eval_dataset=evalset, processing_class=tok,
                           compute_metrics=metrics)
     got = trainer.evaluate()
@@ -141,7 +143,7 @@ def test_load_best_model_at_end_and_strong_only_save(make_args, rooms_chat, tmp_
     args = make_args(max_steps=4, per_device_train_batch_size=2, learning_rate=3e-2, eval_strategy="steps",
                      eval_steps=1, save_strategy="steps", save_steps=1, load_best_model_at_end=True,
                      metric_for_best_model="eval_loss", dedup=False)
-    trainer = WMSSTrainer(strong, weak, args=args, train_dataset=rooms_chat.select(range(8)),
+    trainer = WMSSTrainer(strong, weak_model=weak, args=args, train_dataset=rooms_chat.select(range(8)),
                           eval_dataset=rooms_chat.select(range(8, 10)), processing_class=tok)
     trainer.train()
     best = trainer.state.best_model_checkpoint

@@ -151,7 +151,7 @@ def load_train_dataset(script, text_field: str = "text"):
 
 def layout(trainer) -> dict:
     """How a WMSSTrainer held its models: ZeRO-3 partitioned or not, trainable weak parameters."""
-    joint = trainer.accelerator.unwrap_model(trainer.model)
+    joint = trainer.joint_model
     weak = joint.weak_module()
 
     def numel(p):

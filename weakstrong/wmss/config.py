@@ -152,6 +152,21 @@ class WMSSConfig(SFTConfig):
         if self.entropy_batch_size < 1 or self.entropy_max_tokens < 1:
             raise ValueError(f"entropy_batch_size and entropy_max_tokens must be >= 1, got {self.entropy_batch_size} "
                              f"and {self.entropy_max_tokens}.")
+        if self.label_smoothing_factor and self.loss_type != "nll":
+            raise ValueError(f"label_smoothing_factor={self.label_smoothing_factor} with loss_type={self.loss_type!r}: "
+                             "label smoothing is defined for loss_type='nll' only (SFTTrainer would silently drop "
+                             "it). Set label_smoothing_factor=0.0, or loss_type='nll'.")
+        if self.eval_packing:
+            raise ValueError("eval_packing=True is not supported by WMSS (its evaluation reports per-example "
+                             "statistics of two models on unpacked rows). Set eval_packing=False (or leave it unset).")
+        if self.activation_offloading:
+            raise ValueError("activation_offloading=True is not supported by WMSS (it has not been verified with the "
+                             "two forwards of the joint model). Set activation_offloading=False; use "
+                             "activation_checkpointing to save memory.")
+        if self.parallelism_config is not None:
+            raise ValueError("parallelism_config (tensor / context / sequence parallelism) is not supported by WMSS: "
+                             "its loss needs whole sequences of both models on each process. Set "
+                             "parallelism_config=None; use DDP or DeepSpeed ZeRO-2/3 (data parallel).")
         if self.packing:
             raise ValueError("WMSS measures one entropy per example, so it needs one example per row: set "
                              "packing=False (padding_free=True is supported).")

@@ -30,7 +30,16 @@ import torch
 from torch import nn
 from transformers.utils import ModelOutput
 
-from .selection import causal_lm_parts, head_weight, supervised_hidden, supervised_positions
+from .selection import (
+    causal_lm_parts,
+    head_bias,
+    head_weight,
+    kernel_kwargs,
+    logit_transform,
+    router_aux_loss,
+    supervised_hidden,
+    supervised_positions,
+)
 
 STRONG_ADAPTER = "default"
 WEAK_ADAPTER = "weak"
@@ -41,34 +50,123 @@ class JointOutput(ModelOutput):
     """Sums over a micro-batch's supervised tokens (divide by ``num_tokens`` for means). ``loss_sum`` is
     differentiable; the rest is detached. Weak statistics are 0 when λ = 1 (the weak model is not run)."""
 
-    loss_sum: torch.Tensor | None = None  # summed mixed CE (λ = 1: the strong CE)
+    loss_sum: torch.Tensor | None = None  # summed objective (mixed_loss: the mixed CE, DFT or smoothed)
+    mixed_ce_sum: torch.Tensor | None = None  # summed mixed CE (λ = 1: the strong CE)
     num_tokens: torch.Tensor | None = None
     strong_nll_sum: torch.Tensor | None = None  # the strong model's own CE
     weak_nll_sum: torch.Tensor | None = None
     strong_entropy_sum: torch.Tensor | None = None
     weak_entropy_sum: torch.Tensor | None = None
+    strong_top1_sum: torch.Tensor | None = None  # tokens where the strong model's argmax is the target
+    strong_loss_sum: torch.Tensor | None = None  # the strong model's own loss (same loss_type / label smoothing)
+    aux_loss: torch.Tensor | None = None  # the strong model's MoE router balancing loss (differentiable), if enabled
     logits: torch.Tensor | None = None  # only with output="strong_logits"
 
 
-def mixed_loss(strong_hidden, strong_weight, weak_hidden, weak_weight, targets, lam: float):
-    """``(summed mixed CE, per-token stats)`` from the supervised hidden states ``[N, H]`` and the heads ``[V, H]``.
+LOSS_TYPES = ("nll", "dft")
 
-    Gradients: ``λ(P_mix - e_y)`` to the strong logits, ``(1-λ)(P_mix - e_y)`` to the weak logits (never built: the
-    kernel recomputes them chunk by chunk). ``stats`` holds detached per-token ``strong_nll``, ``weak_nll``,
-    ``strong_entropy``, ``weak_entropy`` (weak ones ``None`` at λ = 1, where the weak model is not needed and
-    ``weak_hidden`` may be ``None``: one pass gives the loss, the strong CE and the strong entropy).
+
+def mixed_loss(strong_hidden, strong_weight, weak_hidden, weak_weight, targets, lam: float, loss_type: str = "nll",
+               label_smoothing: float = 0.0, strong_bias=None, weak_bias=None, transform: dict | None = None):
+    r"""The WMSS objective, summed over the supervised tokens, from hidden states ``[N, H]`` and heads ``[V, H]``.
+
+    With ``z_s = T(h_s W_sᵀ + b_s)``, ``z_w = T(h_w W_wᵀ + b_w)`` — the models' own logits: ``b`` the LM-head bias
+    (if any), ``T`` the family's logit transform ``transform`` (``logit_scale``, then ``final_logit_softcapping``:
+    :func:`~weakstrong.wmss.selection.logit_transform`), shared by both models — ``z = λ·z_s + (1-λ)·z_w``,
+    ``p = softmax(z)`` and, for token ``t`` with target ``y_t``, ``ℓ_t = -log p_t(y_t)`` (the mixed cross entropy):
+
+    * ``loss_type="nll"``:  ``L = Σ_t ℓ_t``;
+    * ``loss_type="dft"`` (Dynamic Fine-Tuning, arXiv 2508.05629, as TRL's SFT applies it to the trained model's
+      distribution, here the mixture's):  ``L = Σ_t sg(p_t(y_t))·ℓ_t`` (``sg`` = stop-gradient);
+    * ``label_smoothing = ε > 0`` (``loss_type="nll"`` only; transformers' ``LabelSmoother`` on the mixed logits):
+      ``L = Σ_t [(1-ε)·ℓ_t + ε·(1/V)·Σ_v -log p_t(v)] = Σ_t [ℓ_t + ε·(z_t[y_t] - (1/V)·Σ_v z_t[v])]`` — exact
+      without the ``[N, V]`` logits, since the mean logit is ``s·(h·mean_v(W_v) + mean_v(b_v))`` (linear in the
+      head; refused with a soft-cap, which is not linear).
+
+    λ = 1 is the strong model alone (the weak model is not needed; ``weak_hidden`` may be ``None``). Gradients of
+    ``nll``: ``λ(p - e_y)`` to the strong logits, ``(1-λ)(p - e_y)`` to the weak ones (never built: the kernel
+    recomputes them chunk by chunk).
+
+    Returns ``(L, stats)``; ``stats`` holds detached per-token tensors: ``mixed_ce`` (``ℓ_t``), ``strong_nll``,
+    ``strong_entropy``, ``weak_nll``, ``weak_entropy`` (``None`` at λ = 1), ``strong_top1`` (the strong model's argmax equals the target:
+    SFT's ``mean_token_accuracy``) and ``strong_loss`` (the strong model's own loss under the same ``loss_type`` /
+    ``label_smoothing``: what ``eval_loss`` reports, as SFT's would).
     """
     from weakstrong.kernels import linear_mixed_cross_entropy, linear_selective_log_softmax_and_entropy
 
+    from .selection import kernel_kwargs
+
+    transform = dict(transform or {})
+    if loss_type not in LOSS_TYPES:
+        raise ValueError(f"loss_type must be one of {LOSS_TYPES}, got {loss_type!r}")
+    if label_smoothing and loss_type != "nll":
+        raise ValueError("label_smoothing applies to loss_type='nll' only")
+    if label_smoothing and transform.get("final_logit_softcapping"):
+        raise NotImplementedError("label_smoothing_factor with a soft-capped model (final_logit_softcapping) is not "
+                                  "supported: the smoothing term needs every logit once the logits are not linear.")
     if lam == 1.0:
-        logp, ent = linear_selective_log_softmax_and_entropy(strong_hidden, strong_weight, targets)
-        nll = -logp.detach()
-        return -logp.sum(), {"strong_nll": nll, "strong_entropy": ent.detach(), "weak_nll": None,
-                             "weak_entropy": None}
-    loss, st = linear_mixed_cross_entropy(strong_hidden, strong_weight, weak_hidden, weak_weight, targets, lam=lam,
-                                          reduction="sum", return_stats=True)
-    return loss, {"strong_nll": st.strong_nll, "strong_entropy": st.strong_entropy, "weak_nll": st.weak_nll,
-                  "weak_entropy": st.weak_entropy}
+        extra = kernel_kwargs(linear_selective_log_softmax_and_entropy, {"bias": strong_bias, **transform}, "The model")
+        logp, ent = linear_selective_log_softmax_and_entropy(strong_hidden, strong_weight, targets, **extra)
+        per_token = -logp
+        st = {"strong_nll": per_token.detach(), "strong_entropy": ent.detach(), "weak_nll": None,
+              "weak_entropy": None}
+    else:
+        extra = kernel_kwargs(linear_mixed_cross_entropy,
+                              {"strong_bias": strong_bias, "weak_bias": weak_bias, **transform}, "The model")
+        per_token, mst = linear_mixed_cross_entropy(strong_hidden, strong_weight, weak_hidden, weak_weight, targets,
+                                                    lam=lam, reduction="none", return_stats=True, **extra)
+        st = {"strong_nll": mst.strong_nll, "strong_entropy": mst.strong_entropy, "weak_nll": mst.weak_nll,
+              "weak_entropy": mst.weak_entropy}
+    st["mixed_ce"] = per_token.detach()
+    if loss_type == "dft":
+        per_token = per_token * torch.exp(-per_token.detach())
+    scale = transform.get("logit_scale", 1.0)
+    if label_smoothing:
+        gap = _target_minus_mean_logit(strong_hidden, strong_weight, targets, strong_bias, scale)
+        if lam != 1.0:
+            gap = lam * gap + (1.0 - lam) * _target_minus_mean_logit(weak_hidden, weak_weight, targets, weak_bias,
+                                                                     scale)
+        per_token = per_token + label_smoothing * gap
+    with torch.no_grad():
+        own = st["strong_nll"]
+        if loss_type == "dft":
+            own = own * torch.exp(-own)
+        if label_smoothing:
+            own = own + label_smoothing * _target_minus_mean_logit(strong_hidden, strong_weight, targets, strong_bias,
+                                                                   scale).float()
+        st["strong_loss"] = own
+        st["strong_top1"] = top1_hits(strong_hidden, strong_weight, targets, strong_bias, scale)
+    return per_token.sum(), st
+
+
+def _target_minus_mean_logit(hidden, weight, targets, bias=None, scale: float = 1.0):
+    """``z[y] - mean_v z[v]`` per token for ``z = scale·(hidden @ weightᵀ + bias)`` (float32; differentiable),
+    without ``[N, V]``."""
+    h = hidden.float()
+    w = weight.float()
+    gap = (h * w[targets]).sum(-1) - h @ w.mean(0)
+    if bias is not None:
+        gap = gap + bias.float()[targets] - bias.float().mean()
+    return scale * gap
+
+
+@torch.no_grad()
+def top1_hits(hidden, weight, targets, bias=None, scale: float = 1.0) -> torch.Tensor:
+    """``argmax_v z[v] == target`` per token (bool) for ``z = scale·(hidden @ weightᵀ + bias)``, in the kernels'
+    token chunks (float32): SFT's ``mean_token_accuracy`` numerator, without the full ``[N, V]`` logits (a soft-cap
+    is monotonic: it keeps the argmax)."""
+    from weakstrong.kernels import linear
+
+    n, v = hidden.shape[0], weight.shape[0]
+    out = torch.zeros(n, dtype=torch.bool, device=hidden.device)
+    step = max(1, int(linear.default_token_chunk(n, v, hidden.device)))
+    w = weight.float()
+    for i in range(0, n, step):
+        z = hidden[i:i + step].float() @ w.T
+        if bias is not None:
+            z = z + bias.float()
+        out[i:i + step] = (z * scale).argmax(-1) == targets[i:i + step]
+    return out
 
 
 def _lora_layers(peft_model):
@@ -86,14 +184,22 @@ class JointModel(nn.Module):
             ``strong``).
         lam: λ, the strong logits' weight.
         freeze_weak: no gradient to the weak branch.
+        loss_type, label_smoothing: the objective (:func:`mixed_loss`).
+        router_aux_loss: return the strong model's MoE load-balancing loss (``aux_loss``) from its router logits.
     """
 
     _keys_to_ignore_on_save = None
     main_input_name = "input_ids"
     accepts_loss_kwargs = True  # the mixed loss is normalised by num_items_in_batch (gradient accumulation)
 
-    def __init__(self, strong, weak=None, lam: float = 0.5, freeze_weak: bool = False):
+    def __init__(self, strong, weak=None, lam: float = 0.5, freeze_weak: bool = False, loss_type: str = "nll",
+                 label_smoothing: float = 0.0, router_aux_loss: bool = False):
         super().__init__()
+        if loss_type not in LOSS_TYPES:
+            raise ValueError(f"loss_type must be one of {LOSS_TYPES}, got {loss_type!r}")
+        self.loss_type = loss_type
+        self.label_smoothing = float(label_smoothing)
+        self.router_aux_loss = bool(router_aux_loss)
         self.strong = strong
         self.adapters = weak is None
         if not self.adapters:
@@ -105,7 +211,27 @@ class JointModel(nn.Module):
         if self.adapters and WEAK_ADAPTER not in strong.peft_config:
             raise ValueError(f"the adapters layout needs a {WEAK_ADAPTER!r} adapter on the strong PeftModel")
         self._zero3_registered = False
+        self.transform = logit_transform(strong)
+        if not self.adapters and logit_transform(weak) != self.transform:
+            raise ValueError(f"The strong and weak models transform their logits differently ({self.transform} vs "
+                             f"{logit_transform(weak)}): use an earlier checkpoint of the same model as the weak one.")
+        self.check_kernels()
         self.set_trainable()
+
+    def check_kernels(self):
+        """Refuse now (at construction) a head bias or logit transform the installed kernels cannot take yet."""
+        from weakstrong.kernels import linear_mixed_cross_entropy, linear_selective_log_softmax_and_entropy
+
+        head_s, head_w = self.heads()
+        name = type(self.strong.get_base_model() if hasattr(self.strong, "get_base_model") else self.strong).__name__
+        bs, bw = getattr(head_s, "bias", None), getattr(head_w, "bias", None)
+        for bias in (bs, bw):  # phase 2's entropies, and the loss at λ = 1
+            kernel_kwargs(linear_selective_log_softmax_and_entropy, {"bias": bias, **self.transform}, name)
+        if self.lam < 1.0:
+            kernel_kwargs(linear_mixed_cross_entropy, {"strong_bias": bs, "weak_bias": bw, **self.transform}, name)
+        if self.label_smoothing and self.transform.get("final_logit_softcapping"):
+            raise ValueError("label_smoothing_factor with a soft-capped model (final_logit_softcapping, e.g. Gemma-2) "
+                             "is not supported: set label_smoothing_factor=0.0.")
 
     # ------------------------------------------------------------------ transformers-facing attributes
     @property
@@ -119,6 +245,11 @@ class JointModel(nn.Module):
     @property
     def _no_split_modules(self):  # FSDP auto-wrap policy
         return getattr(self.strong, "_no_split_modules", None)
+
+    def get_input_embeddings(self):
+        """The strong model's input embeddings (NEFTune's hook; in the adapters layout shared with the weak branch)."""
+        model = self.strong.get_base_model() if hasattr(self.strong, "get_base_model") else self.strong
+        return model.get_input_embeddings()
 
     def weak_module(self):
         return self.strong if self.adapters else self.weak
@@ -212,7 +343,8 @@ class JointModel(nn.Module):
         gather them for this module's forward and backward. Idempotent; a no-op without ZeRO-3."""
         if self._zero3_registered:
             return
-        params = {id(h.weight): h.weight for h in self.heads() if hasattr(h.weight, "ds_id")}
+        params = {id(t): t for h in self.heads() for t in (h.weight, getattr(h, "bias", None))
+                  if t is not None and hasattr(t, "ds_id")}
         if params:
             import deepspeed
 
@@ -241,18 +373,26 @@ class JointModel(nn.Module):
             grad = torch.is_grad_enabled() and not self.freeze_weak
             with self.branch("weak") as m, torch.set_grad_enabled(grad):
                 h_weak = supervised_hidden(m, batch, mask)
+        extra = {"output_router_logits": True} if self.router_aux_loss else {}
         with self.branch("strong") as m:
-            h_strong = supervised_hidden(m, batch, mask)
-        with maybe_gather_lm_head_ctx(head_s.weight, head_w.weight):
+            h_strong, out_strong = supervised_hidden(m, batch, mask, return_output=True, **extra)
+        aux = router_aux_loss(m, out_strong, batch.get("attention_mask")) if self.router_aux_loss else None
+        params = [t for h in (head_s, head_w) for t in (h.weight, getattr(h, "bias", None)) if t is not None]
+        with maybe_gather_lm_head_ctx(*params):
             w_s = head_weight(head_s)
             w_w = head_weight(head_w) if self.lam < 1.0 else None
-            loss_sum, st = mixed_loss(h_strong, w_s, h_weak, w_w, targets, self.lam)
+            loss_sum, st = mixed_loss(h_strong, w_s, h_weak, w_w, targets, self.lam, loss_type=self.loss_type,
+                                      label_smoothing=self.label_smoothing, strong_bias=head_bias(head_s),
+                                      weak_bias=head_bias(head_w) if self.lam < 1.0 else None,
+                                      transform=self.transform)
         zero = loss_sum.new_zeros(())
 
         def total(x):
             return zero if x is None else x.float().sum()
 
-        return JointOutput(loss_sum=loss_sum, num_tokens=torch.as_tensor(targets.numel(), device=loss_sum.device),
+        return JointOutput(loss_sum=loss_sum, mixed_ce_sum=total(st["mixed_ce"]),
+                           num_tokens=torch.as_tensor(targets.numel(), device=loss_sum.device),
                            strong_nll_sum=total(st["strong_nll"]), weak_nll_sum=total(st["weak_nll"]),
                            strong_entropy_sum=total(st["strong_entropy"]),
-                           weak_entropy_sum=total(st["weak_entropy"]))
+                           weak_entropy_sum=total(st["weak_entropy"]), strong_top1_sum=total(st["strong_top1"]),
+                           strong_loss_sum=total(st["strong_loss"]), aux_loss=aux)

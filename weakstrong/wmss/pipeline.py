@@ -399,7 +399,7 @@ def run_wmss(model, train_dataset, args, *, rounds: int = 1, sft: bool = True, s
         if lora:
             strong = _load_adapter_model(m0_dir, strong, cfg)
             weak = None if r == 1 else weak
-        trainer = WMSSTrainer(strong, weak, args=cfg, train_dataset=train_dataset, **common)
+        trainer = WMSSTrainer(strong, weak_model=weak, args=cfg, train_dataset=train_dataset, **common)
         if on_stage_begin is not None:
             on_stage_begin(name, trainer)
         trainer.train(resume_from_checkpoint=resume_point(out_dir))

@@ -119,27 +119,71 @@ def selection_stats(h_strong, h_weak, indices, n_drawn: int, tol: float = 1e-6) 
 def causal_lm_parts(model):
     """``(backbone, lm_head)`` of a causal LM (a PeftModel is looked through; its adapters stay in the layers)."""
     lm = model.get_base_model() if hasattr(model, "get_base_model") else model
-    config = lm.config.get_text_config() if hasattr(lm.config, "get_text_config") else lm.config
-    for attr in ("final_logit_softcapping", "logit_scale", "logits_scaling", "output_multiplier", "lm_head_multiplier"):
-        if getattr(config, attr, None) not in (None, 1.0):
-            raise NotImplementedError(
-                f"{type(lm).__name__} transforms its logits ({attr}={getattr(config, attr)}); WMSS computes the loss "
-                "from the last hidden state and the LM head weight, and does not support this yet."
-            )
     backbone = lm.base_model if lm.base_model is not lm else None
     if backbone is None:
         raise TypeError(f"{type(lm).__name__} has no backbone under base_model_prefix; pass a *ForCausalLM model")
     return backbone, lm.get_output_embeddings()
 
 
+def logit_transform(model) -> dict:
+    """The transform a causal LM applies to its LM head's output, as keyword arguments of the hidden-state kernels
+    (TRL 1.16's fused LM head reads the same config fields): ``logit_scale`` (Cohere's ``logit_scale``, Muse's
+    ``output_multiplier``, Falcon-H1's ``lm_head_multiplier``; Granite / MiniCPM3 divide by ``logits_scaling``,
+    HyperCLOVA X multiplies by it) and ``final_logit_softcapping`` (Gemma-2/3). Only the non-trivial ones; ``{}``
+    for a plain head."""
+    lm = model.get_base_model() if hasattr(model, "get_base_model") else model
+    config = lm.config.get_text_config() if hasattr(lm.config, "get_text_config") else lm.config
+    out = {}
+    scale = getattr(config, "logit_scale", None)
+    if scale is None:
+        scale = getattr(config, "output_multiplier", None)
+    if scale is None:
+        scale = getattr(config, "lm_head_multiplier", None)
+    if scale is None and getattr(config, "logits_scaling", None) is not None:
+        scale = config.logits_scaling if config.model_type == "hyperclovax" else 1.0 / config.logits_scaling
+    if scale is not None and float(scale) != 1.0:
+        out["logit_scale"] = float(scale)
+    cap = getattr(config, "final_logit_softcapping", None)
+    if cap:
+        out["final_logit_softcapping"] = float(cap)
+    return out
+
+
+def head_bias(head):
+    """The LM head's bias (``None`` for a bias-free head); an FSDP2 DTensor is all-gathered like the weight."""
+    bias = getattr(head, "bias", None)
+    if bias is None:
+        return None
+    try:
+        from torch.distributed.tensor import DTensor
+    except ImportError:  # pragma: no cover
+        DTensor = ()
+    return bias.full_tensor() if isinstance(bias, DTensor) else bias
+
+
+def kernel_kwargs(kernel, kwargs: dict, model_name: str) -> dict:
+    """``kwargs`` (non-``None`` head bias / logit transform) checked against ``kernel``'s signature: a kernel that
+    does not take one of them yet would compute the loss of other logits than the model's, so this refuses."""
+    import inspect
+
+    kwargs = {k: v for k, v in kwargs.items() if v is not None}
+    missing = [k for k in kwargs if k not in inspect.signature(kernel).parameters]
+    if missing:
+        raise NotImplementedError(
+            f"{model_name} transforms its logits or has an LM-head bias ({', '.join(missing)}), and the installed "
+            f"weakstrong.kernels.{kernel.__name__} does not take {missing} yet, so WMSS cannot compute the exact "
+            "cross entropy of this model's logits. Use a model family with a plain LM head (Llama, Qwen, Mistral, "
+            "...) until the kernels support these arguments.")
+    return kwargs
+
+
 def head_weight(head) -> torch.Tensor:
     """The LM head's ``[V, H]`` weight, for the hidden-state kernels (which read it directly).
 
-    Refuses what those kernels would silently get wrong: a bias, a PEFT adapter or ``modules_to_save`` copy on the
-    head. An FSDP2-sharded weight (DTensor) is all-gathered (differentiably), as TRL's fused LM head does.
+    Refuses what those kernels would silently get wrong: a PEFT adapter or ``modules_to_save`` copy on the head (its
+    bias goes to the kernels through :func:`head_bias`). An FSDP2-sharded weight (DTensor) is all-gathered
+    (differentiably), as TRL's fused LM head does.
     """
-    if getattr(head, "bias", None) is not None:
-        raise NotImplementedError("The LM head has a bias; WMSS's hidden-state losses support bias-free heads only.")
     if not isinstance(getattr(head, "weight", None), torch.Tensor) or hasattr(head, "base_layer") \
             or hasattr(head, "modules_to_save"):
         raise NotImplementedError(
@@ -177,14 +221,72 @@ def supervised_positions(batch: dict):
     return mask, targets[mask], example
 
 
-def supervised_hidden(model, batch: dict, mask=None) -> torch.Tensor:
-    """Last hidden states ``[N, H]`` at the positions that predict a supervised token (see
-    :func:`supervised_positions`); the LM head is not applied, so no ``[N, V]`` logits are built."""
+def is_prompt_learning(model) -> bool:
+    """A PeftModel whose active adapter is a prompt-learning type (prompt tuning, prefix tuning, p-tuning, ...): its
+    virtual tokens exist only in the PeftModel's own forward, never in the backbone's."""
+    config = getattr(model, "active_peft_config", None)
+    return bool(getattr(config, "is_prompt_learning", False))
+
+
+def backbone_output(model, batch: dict, **extra):
+    """The backbone's output (``last_hidden_state`` ``[B, T, H]``, router logits if asked) for a collated batch.
+
+    A prompt-learning PeftModel runs through its own forward, so its virtual tokens (prepended embeddings, or the
+    prefix's key/values) act exactly as in SFT; the backbone's output is captured by a forward hook, the LM head sees
+    one position only (``logits_to_keep=1``), and the virtual positions are cut off the returned hidden states. Any
+    other model (LoRA and the other tuner types live inside the backbone's layers) runs its backbone directly.
+    """
+    inputs = forward_inputs(batch)
     backbone, _ = causal_lm_parts(model)
+    if not is_prompt_learning(model):
+        return backbone(**inputs, use_cache=False, **extra)
+    if "attention_mask" not in inputs:
+        raise ValueError("Prompt-learning adapters need an attention mask: padding-free batches (padding_free=True) "
+                         "are not supported with them. Set padding_free=False.")
+    captured = {}
+
+    def keep(_module, _args, _kwargs, output):
+        captured["output"] = output
+
+    handle = backbone.register_forward_hook(keep, with_kwargs=True)
+    try:
+        model(input_ids=inputs["input_ids"], attention_mask=inputs["attention_mask"], use_cache=False,
+              logits_to_keep=1, **extra)
+    finally:
+        handle.remove()
+    out = captured["output"]
+    virtual = out.last_hidden_state.shape[1] - inputs["input_ids"].shape[1]
+    if virtual:
+        out.last_hidden_state = out.last_hidden_state[:, virtual:]
+    return out
+
+
+def supervised_hidden(model, batch: dict, mask=None, return_output: bool = False, **extra):
+    """Last hidden states ``[N, H]`` at the positions that predict a supervised token (see
+    :func:`supervised_positions`); the LM head is not applied, so no ``[N, V]`` logits are built. ``extra`` goes to
+    the backbone (e.g. ``output_router_logits``); ``return_output`` also returns its output."""
     if mask is None:
         mask = supervised_positions(batch)[0]
-    hidden = backbone(**forward_inputs(batch), use_cache=False).last_hidden_state
-    return hidden[:, :-1][mask]
+    out = backbone_output(model, batch, **extra)
+    hidden = out.last_hidden_state[:, :-1][mask]
+    return (hidden, out) if return_output else hidden
+
+
+def router_aux_loss(model, output, attention_mask=None):
+    """The MoE load-balancing loss of a backbone output that holds ``router_logits`` (transformers' Mixtral loss,
+    which every MoE family uses; the same call as TRL's fused LM head), unweighted."""
+    from transformers.models.mixtral.modeling_mixtral import load_balancing_loss_func
+
+    lm = model.get_base_model() if hasattr(model, "get_base_model") else model
+    config = lm.config.get_text_config() if hasattr(lm.config, "get_text_config") else lm.config
+    logits = getattr(output, "router_logits", None)
+    if not logits:
+        raise ValueError(f"{type(lm).__name__} returned no router logits although its router auxiliary loss is "
+                         "enabled (router_aux_loss_coef != 0).")
+    num_experts = getattr(config, "num_experts", None) or getattr(config, "num_local_experts", None)
+    if attention_mask is not None and attention_mask.shape[-1] != logits[0].shape[0] // attention_mask.shape[0]:
+        attention_mask = None  # prompt-learning virtual tokens: every position counts
+    return load_balancing_loss_func(logits, num_experts, config.num_experts_per_tok, attention_mask)
 
 
 # --------------------------------------------------------------------------------------------- entropies
@@ -248,6 +350,8 @@ def example_entropies(
         raise no_supervised_tokens_error(empty)
     device = next(model.parameters()).device
     _, head = causal_lm_parts(model)
+    extra = kernel_kwargs(linear_selective_log_softmax_and_entropy,
+                          {"bias": head_bias(head), **logit_transform(model)}, type(model).__name__)
     was_training = model.training
     model.eval()
     out = np.zeros(len(feats), dtype=np.float64)
@@ -257,7 +361,7 @@ def example_entropies(
                      for k, v in collator([feats[i] for i in idx]).items()}
             mask, targets, example = supervised_positions(batch)
             hidden = supervised_hidden(model, batch, mask)
-            _, ent = linear_selective_log_softmax_and_entropy(hidden, head_weight(head), targets)
+            _, ent = linear_selective_log_softmax_and_entropy(hidden, head_weight(head), targets, **extra)
             sums = torch.zeros(len(idx), dtype=torch.float64, device=device).index_add_(0, example, ent.double())
             counts = torch.bincount(example, minlength=len(idx))
             means = (sums / counts.clamp(min=1)).cpu().numpy()

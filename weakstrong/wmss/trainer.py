@@ -1,12 +1,12 @@
 """``WMSSTrainer``: one round of Weak-Driven Learning (WMSS) as one TRL Trainer run.
 
-``WMSSTrainer(model=M1, weak_model=M0, args=WMSSConfig(...), train_dataset=...)`` — the strong model (already
+``WMSSTrainer(M1, WMSSConfig(...), train_dataset=..., weak_model=M0)`` — the strong model (already
 fine-tuned, e.g. by ``SFTTrainer``) and the weak one, taken like TRL trainers take a second model (``ref_model``,
 ``teacher_model``). ``train()`` is one run:
 
 1. phase 2, at its start — per-example entropies of weak and strong over the tokens the loss trains, sampling
    weights (``weight_formula``), a seeded weighted draw; written to ``output_dir/selection/`` and logged (``wmss/*``)
-   at step 0 of ``state.log_history``;
+   with the run's first log entry;
 2. phase 3 — joint training of strong + weak on the CE of their mixed logits (:class:`JointModel`) over the drawn
    examples, for ``num_train_epochs`` / ``max_steps``.
 
@@ -20,8 +20,6 @@ from __future__ import annotations
 
 import contextlib
 import copy
-import hashlib
-import json
 import logging
 import os
 import warnings
@@ -34,12 +32,14 @@ from transformers.trainer_utils import get_last_checkpoint
 from trl import SFTTrainer
 
 from .._trl_defaults import peft_wrapping
-from ..distributed import gather_in_order, shard_indices
-from .config import IDENTITY_FIELDS, WMSSConfig
+from ..distributed import full_shape, gather_in_order, gathered_for_forward, shard_indices
+from .checkpoints import INDEX_COLUMN, CheckpointsMixin
+from .config import WMSSConfig
 from .joint import STRONG_ADAPTER, WEAK_ADAPTER, JointModel
 from .plots import write_entropies
 from .selection import (
     causal_lm_parts,
+    is_prompt_learning,
     example_entropies,
     resample,
     sampling_weights,
@@ -48,9 +48,6 @@ from .selection import (
 
 logger = logging.getLogger(__name__)
 
-STATE_NAME = "wmss_state.json"
-INDEX_COLUMN = "wmss_index"
-WEAK_SUBDIR = "weak"
 SELECTION_DIR = "selection"
 
 
@@ -76,52 +73,97 @@ def check_finite(module, name: str) -> None:
 
 
 class _SelectionLog(TrainerCallback):
-    """Writes the phase-2 statistics into the run's log (step 0), once the Trainer state of the run exists; on a
-    resume, continues the ``num_tokens`` count of the interrupted run (SFTTrainer restarts it at 0)."""
+    """Gives callbacks the user's model; on a resume, continues the ``num_tokens`` count of the interrupted run
+    (SFTTrainer restarts it at 0)."""
 
     def __init__(self, trainer):
         self.trainer = trainer
 
     def on_train_begin(self, args, state, control, **kwargs):
-        logs, self.trainer._pending_selection_log = self.trainer._pending_selection_log, None
-        if logs:
-            self.trainer.log(logs)
+        # callbacks after this one (it runs first) get the user's model as ``model``, as with SFTTrainer
+        self.trainer.callback_handler.model = self.trainer.joint_model.strong
         counted = [h["num_tokens"] for h in state.log_history if "num_tokens" in h and "loss" in h]
         if state.global_step > 0 and counted:
             self.trainer._total_train_tokens = int(counted[-1])
 
 
-class WMSSTrainer(SFTTrainer):
+class WMSSTrainer(CheckpointsMixin, SFTTrainer):
     """Trainer for one round of WMSS (Weak-Driven Learning): entropy-based data selection, then joint training of the
     strong and weak models on their mixed logits. A subclass of TRL's ``SFTTrainer``: data preparation, collator,
     PEFT, logging and checkpoints are SFTTrainer's.
 
+    Parameters are SFTTrainer's, in its order, plus the keyword ``weak_model``; every one is classified in the contract
+    table (``weakstrong/wmss/contract.py``, ``docs/wmss_contract.md``).
+
     Args:
-        model: the strong model M1 (e.g. the output of ``SFTTrainer``): a path / hub id (loaded with
-            ``args.model_init_kwargs``), a loaded causal LM or a ``PeftModel`` (LoRA mode).
-        weak_model: the weak model M0 — an earlier checkpoint of the same model (same vocabulary):
-            * a loaded causal LM or a path (loaded with ``args.weak_model_init_kwargs``, default
-              ``args.model_init_kwargs``): a second model, trained too unless ``freeze_weak``;
-            * LoRA mode (``model`` is a ``PeftModel``): ``None`` = the base model under the adapter, as a second
-              adapter ``"weak"`` initialised to zero (so it IS the base at the start, and trainable; one copy of the
-              base weights), or the path of a saved adapter of the same base (e.g. an earlier round's strong adapter).
-        args: a [`WMSSConfig`] (an ``SFTConfig`` / ``TrainingArguments`` is converted, tokens included).
-        train_dataset: any SFT dataset: prompt/completion (completion-only loss), messages (every token, or every
-            assistant turn with ``assistant_only_loss=True``), text / ``formatting_func`` (language modelling), or
-            tokenized ``input_ids`` (+ ``labels``). Entropies and the loss use exactly the labels SFT would train.
-        eval_dataset, data_collator, processing_class, compute_metrics, callbacks, optimizers,
-        optimizer_cls_and_kwargs, preprocess_logits_for_metrics, formatting_func: as in [`~trl.SFTTrainer`].
-        peft_config: wrap a plain ``model`` with a new LoRA adapter; then ``weak_model`` must be given (the base of
-            a freshly wrapped M1 is M1 itself).
+        model (`str | PreTrainedModel | PeftModel`):
+            The strong model M1 (e.g. the output of `SFTTrainer`): a path / hub id (loaded with
+            `args.model_init_kwargs`), a loaded causal LM, or a `PeftModel`. `trainer.model` stays this model (or its
+            `PeftModel`); the trained module (strong + weak) is `trainer.joint_model`.
+        args ([`WMSSConfig`], *optional*):
+            An `SFTConfig` / `TrainingArguments` is converted (tokens included). Defaults to
+            `WMSSConfig("<model name>-WMSS")`.
+        data_collator (`DataCollator`, *optional*):
+            As in `SFTTrainer`; also batches the phase-2 entropy forwards.
+        train_dataset ([`~datasets.Dataset`]):
+            Any SFT dataset: prompt/completion (completion-only loss), messages (every token, or every assistant turn
+            with `assistant_only_loss=True`), text / `formatting_func` (language modelling), or tokenized `input_ids`
+            (+ `labels`). Entropies and the loss use exactly the labels SFT would train. Not an `IterableDataset`
+            (WMSS re-samples by index).
+        eval_dataset (`Dataset | dict[str, Dataset]`, *optional*):
+            Evaluated on the strong model (`eval_loss` = its own loss, as SFT's).
+        processing_class (`PreTrainedTokenizerBase | ProcessorMixin`, *optional*):
+            As in `SFTTrainer`.
+        compute_loss_func (`None`):
+            Refused: the loss is [`~weakstrong.wmss.joint.mixed_loss`]; choose `loss_type` / `label_smoothing_factor`.
+        compute_metrics (`Callable[[EvalPrediction], dict]`, *optional*):
+            Receives the strong model's logits.
+        callbacks (`list[TrainerCallback]`, *optional*):
+            As in `SFTTrainer`; they get the strong model as `model`.
+        optimizers (`tuple[Optimizer | None, LambdaLR | None]`, *optional*, defaults to `(None, None)`):
+            A given optimizer must hold the weak model's parameters too for the weak model to train.
+        optimizer_cls_and_kwargs (`tuple[type[Optimizer], dict]`, *optional*):
+            Built over both models' trainable parameters.
+        preprocess_logits_for_metrics (`Callable`, *optional*):
+            On the strong model's logits.
+        quantization_config (`BitsAndBytesConfig`, *optional*):
+            Applied when `model` is a string, as in `SFTTrainer` (the weak model: `weak_model_init_kwargs`).
+        peft_config (`PeftConfig`, *optional*):
+            Wraps a plain `model` with a new adapter; then `weak_model` must be given (the base of a freshly wrapped M1
+            is M1 itself). Prompt-learning types run through the `PeftModel`'s forward (virtual tokens included).
+        formatting_func (`Callable`, *optional*):
+            As in `SFTTrainer`.
+        weak_model (`str | PreTrainedModel | None`, keyword-only):
+            The weak model M0 — an earlier checkpoint of the same model (same vocabulary): a loaded causal LM or a
+            path (loaded with `args.weak_model_init_kwargs`, default `args.model_init_kwargs`), trained too unless
+            `freeze_weak`. LoRA mode (`model` is a LoRA `PeftModel`): `None` = the base model under the adapter, as a
+            second adapter `"weak"` initialised to zero (one copy of the base weights), or the path of a saved adapter
+            of the same base.
     """
 
     _tag_names = ["trl", "sft", "wmss"]
     _name = "WMSS"
 
-    def __init__(self, model, weak_model=None, args: WMSSConfig | None = None, data_collator=None, train_dataset=None,
-                 eval_dataset=None, processing_class=None, compute_metrics=None, callbacks=None,
-                 optimizers=(None, None), optimizer_cls_and_kwargs=None, preprocess_logits_for_metrics=None,
-                 peft_config=None, formatting_func=None):
+    def __init__(
+        self,
+        model,
+        args: WMSSConfig | TrainingArguments | None = None,
+        data_collator=None,
+        train_dataset=None,
+        eval_dataset=None,
+        processing_class=None,
+        compute_loss_func=None,
+        compute_metrics=None,
+        callbacks=None,
+        optimizers=(None, None),
+        optimizer_cls_and_kwargs=None,
+        preprocess_logits_for_metrics=None,
+        quantization_config=None,
+        peft_config=None,
+        formatting_func=None,
+        *,
+        weak_model=None,
+    ):
         from ..models import resolve_model_path
 
         if args is None:
@@ -130,16 +172,23 @@ class WMSSTrainer(SFTTrainer):
         elif isinstance(args, TrainingArguments) and not isinstance(args, WMSSConfig):
             args = WMSSConfig.from_sft_config(args)
         elif not isinstance(args, WMSSConfig):
-            raise TypeError(f"args must be a WMSSConfig, got {type(args).__name__}. Fix: "
+            raise TypeError(f"args must be a WMSSConfig, got {type(args).__name__}. The signature is SFTTrainer's, "
+                            "WMSSTrainer(model, args, ...), and the weak model is a keyword: "
+                            "WMSSTrainer(model, args, weak_model=M0, ...). From an SFTConfig: "
                             "WMSSConfig.from_sft_config(your_sft_config, mix_lambda=...).")
         if train_dataset is None:
-            raise ValueError("train_dataset is required: WMSS selects from it and trains on the selection.")
+            raise ValueError("`train_dataset` is required")
         if not isinstance(train_dataset, Dataset):
             raise TypeError(f"The train dataset must be a datasets.Dataset (WMSS re-samples it by index), got "
                             f"{type(train_dataset).__name__}. Fix: materialise it with Dataset.from_list / "
                             "from_generator.")
         if len(train_dataset) == 0:
             raise ValueError("train_dataset is empty: WMSS needs at least one example to measure and train on.")
+        if compute_loss_func is not None:
+            raise ValueError("compute_loss_func is not supported by WMSSTrainer: its loss is the cross entropy of the "
+                             "mixed logits (weakstrong.wmss.joint.mixed_loss), computed without the full logits. "
+                             "Choose the objective with loss_type ('nll' / 'dft') and label_smoothing_factor, or "
+                             "subclass WMSSTrainer and override compute_loss.")
         if isinstance(model, str):
             model = resolve_model_path(model)
         if isinstance(weak_model, str) and not _is_adapter_dir(weak_model):
@@ -165,8 +214,14 @@ class WMSSTrainer(SFTTrainer):
                              eval_dataset=eval_dataset, processing_class=processing_class,
                              compute_metrics=compute_metrics, callbacks=callbacks, optimizers=optimizers,
                              optimizer_cls_and_kwargs=optimizer_cls_and_kwargs,
-                             preprocess_logits_for_metrics=preprocess_logits_for_metrics, peft_config=peft_config,
+                             preprocess_logits_for_metrics=preprocess_logits_for_metrics,
+                             quantization_config=quantization_config, peft_config=peft_config,
                              formatting_func=formatting_func)
+        pc = self.accelerator.parallelism_config
+        if pc is not None and (pc.cp_enabled or pc.sp_enabled or pc.tp_size > 1):
+            raise ValueError("Tensor / context / sequence parallelism (from the accelerate config) is not supported by "
+                             "WMSS: its loss needs whole sequences of both models on each process. Use DDP or "
+                             "DeepSpeed ZeRO-2/3 (data parallel).")
         strong = self.model
         if self._adapters:
             self._add_weak_adapter(strong, weak_model)
@@ -175,10 +230,15 @@ class WMSSTrainer(SFTTrainer):
             weak = self._prepare_weak(weak_model)
             self._check_vocab(weak, strong)
         self._full_train_dataset = self.train_dataset
-        self.model = self.model_wrapped = JointModel(strong, weak, lam=args.mix_lambda, freeze_weak=args.freeze_weak)
-        self.callback_handler.model = self.model
+        if is_prompt_learning(strong) and self.padding_free:
+            raise ValueError("padding_free=True is not supported with a prompt-learning adapter (prompt tuning, prefix "
+                             "tuning, p-tuning): its virtual tokens need the attention mask. Set padding_free=False.")
+        self.model = self.model_wrapped = JointModel(
+            strong, weak, lam=args.mix_lambda, freeze_weak=args.freeze_weak, loss_type=args.loss_type,
+            label_smoothing=args.label_smoothing_factor, router_aux_loss=self.aux_loss_enabled)
+        self._has_joint = True  # from here on, trainer.model is the strong model outside the Trainer's own loops
         self.model_accepts_loss_kwargs = True  # the mixed loss is normalised by num_items_in_batch
-        self.add_callback(_SelectionLog(self))
+        self.callback_handler.callbacks.insert(0, _SelectionLog(self))
         if (self._adapters and args.activation_checkpointing and self.is_deepspeed_enabled
                 and self.accelerator.state.deepspeed_plugin.zero_stage == 3):
             # Not verified: the adapter-pinned recomputation (joint.py) has been tested with DDP / one process only.
@@ -186,10 +246,39 @@ class WMSSTrainer(SFTTrainer):
                              "Fix: set activation_checkpointing=False, or use ZeRO-2 / DDP, or full fine-tuning.")
 
     # ------------------------------------------------------------------ models
+    # ``trainer.model`` is the user's model (the strong model: a PreTrainedModel or its PeftModel), as with SFTTrainer:
+    # ``generate``, tags, ``isinstance``, ``save_pretrained`` act on it. The module the Trainer trains is the
+    # :class:`JointModel` (strong + weak, one optimizer, one DDP / DeepSpeed wrapper): ``trainer.joint_model``. The
+    # Trainer's own loops (``train``, ``evaluate``, ``predict``) see the JointModel as ``self.model``, through
+    # :meth:`_trainer_scope`.
+    @property
+    def model(self):
+        slot = self.__dict__.get("_model_slot")
+        if not self.__dict__.get("_has_joint") or self.__dict__.get("_scope_depth", 0) > 0:
+            return slot
+        return self.accelerator.unwrap_model(slot).strong
+
+    @model.setter
+    def model(self, value):
+        self.__dict__["_model_slot"] = value
+
+    @property
+    def joint_model(self) -> JointModel:
+        """The trained module: strong + weak (:class:`~weakstrong.wmss.joint.JointModel`)."""
+        return self.accelerator.unwrap_model(self.__dict__["_model_slot"])
+
+    @contextlib.contextmanager
+    def _trainer_scope(self):
+        self.__dict__["_scope_depth"] = self.__dict__.get("_scope_depth", 0) + 1
+        try:
+            yield
+        finally:
+            self.__dict__["_scope_depth"] -= 1
+
     @property
     def weak_model(self):
         """The weak branch: the weak model (two-models layout) or the PeftModel computing it (adapter ``"weak"``)."""
-        return self.accelerator.unwrap_model(self.model).weak_module()
+        return self.joint_model.weak_module()
 
     def _add_weak_adapter(self, strong, source):
         from peft import LoraConfig
@@ -232,8 +321,8 @@ class WMSSTrainer(SFTTrainer):
         return weak
 
     def _check_vocab(self, weak, strong):
-        vw = _full_shape(causal_lm_parts(weak)[1].weight)[0]
-        vs = _full_shape(causal_lm_parts(strong)[1].weight)[0]
+        vw = full_shape(causal_lm_parts(weak)[1].weight)[0]
+        vs = full_shape(causal_lm_parts(strong)[1].weight)[0]
         if vw != vs:
             raise ValueError(
                 f"The weak model's vocabulary ({vw} tokens) differs from the strong model's ({vs}): their logits "
@@ -273,7 +362,7 @@ class WMSSTrainer(SFTTrainer):
         args = self.args
         data = self._full_train_dataset
         n = len(data)
-        joint = self.accelerator.unwrap_model(self.model)
+        joint = self.joint_model
         self._event("phase", phase="entropy", round=None, total=2 * n)
         # Several processes: each measures a contiguous block of rows, gathered back in dataset order, so every
         # process holds the same entropies and draws the same (seeded) indices.
@@ -324,131 +413,77 @@ class WMSSTrainer(SFTTrainer):
                 raise ValueError(f"No valid checkpoint found in output directory ({self.args.output_dir})")
         elif ckpt is False:
             ckpt = None
-        joint = self.accelerator.unwrap_model(self.model)
+        joint = self.joint_model
         check_finite(joint.strong, "strong")
         if not joint.adapters:
             check_finite(joint.weak, "weak")
         positions = self._positions_from_checkpoint(ckpt) if ckpt else self.select()
         self.train_dataset = self._full_train_dataset.select(positions)
-        return super().train(resume_from_checkpoint=ckpt, trial=trial, ignore_keys_for_eval=ignore_keys_for_eval,
-                             **kwargs)
-
-    # ------------------------------------------------------------------ checkpoints
-    def _identity(self) -> dict:
-        data = self._full_train_dataset
-        if getattr(self, "_data_digest", None) is None:
-            digest = hashlib.sha1()
-            for i in sorted({0, len(data) // 2, len(data) - 1}):
-                digest.update(json.dumps([list(data[i]["input_ids"]), list(data[i]["labels"])]).encode())
-            digest.update(json.dumps([int(i) for i in data[INDEX_COLUMN]]).encode())
-            self._data_digest = digest.hexdigest()
-        return {"n_train": len(data), "data_digest": self._data_digest, "adapters": self._adapters,
-                **{k: getattr(self.args, k) for k in IDENTITY_FIELDS}}
-
-    def _positions_from_checkpoint(self, ckpt: str) -> list[int]:
-        path = os.path.join(ckpt, STATE_NAME)
-        if not os.path.isfile(path):
-            raise ValueError(f"{ckpt} has no {STATE_NAME}: it is not a WMSSTrainer checkpoint (an SFT checkpoint "
-                             "cannot resume a WMSS run). Fix: pass the SFT model as model= and start a new run.")
-        with open(path) as f:
-            state = json.load(f)
-        now = self._identity()
-        changed = {k: (state["identity"].get(k), v) for k, v in now.items() if state["identity"].get(k) != v}
-        if changed:
-            raise ValueError(f"Cannot resume from {ckpt}: the run's identity changed {changed} (checkpoint, now). "
-                             "Resume with the same data and WMSS settings, or use a new output_dir.")
-        self.selection = {k: state[k] for k in ("positions", "indices", "stats")}
-        return list(state["positions"])
-
-    def _save_checkpoint(self, model, trial):
-        self._saving_checkpoint = True
+        liger = self.args.use_liger_kernel
+        if liger:
+            self._apply_liger_kernel()
+        weak_hook = self._weak_neftune()
         try:
-            super()._save_checkpoint(model, trial)
+            # Transformers applies Liger to ``self.model`` at the start of train(); inside the run that is the
+            # JointModel, which Liger does not know: it was applied to both models just above.
+            self.args.use_liger_kernel = False
+            with self._trainer_scope():
+                return super().train(resume_from_checkpoint=ckpt, trial=trial,
+                                     ignore_keys_for_eval=ignore_keys_for_eval, **kwargs)
         finally:
-            self._saving_checkpoint = False
-        if self.args.should_save and self.selection is not None:
-            folder = os.path.join(self._get_output_dir(trial=trial), f"checkpoint-{self.state.global_step}")
-            state = {"identity": self._identity(), **{k: self.selection[k] for k in ("positions", "indices", "stats")}}
-            with open(os.path.join(folder, STATE_NAME), "w") as f:
-                json.dump(state, f)
+            self.args.use_liger_kernel = liger
+            if weak_hook is not None:
+                weak_hook.remove()
 
-    def _save(self, output_dir: str | None = None, state_dict=None):
-        """The strong model at ``output_dir`` (``save_pretrained`` format; LoRA: its ``"default"`` adapter). Inside
-        a checkpoint also the weak branch, in ``weak/``, so that a resume continues both."""
-        output_dir = output_dir if output_dir is not None else self.args.output_dir
-        if not self.args.should_save:
-            return
-        os.makedirs(output_dir, exist_ok=True)
-        joint = self.accelerator.unwrap_model(self.model)
-        with_weak = getattr(self, "_saving_checkpoint", False)
-        parts = _split_state_dict(state_dict) if state_dict else {"strong": None, "weak": None}
-        strong_sd = {"state_dict": parts["strong"]} if parts["strong"] else {}
-        if joint.adapters:
-            adapters = [STRONG_ADAPTER] + ([WEAK_ADAPTER] if with_weak else [])
-            joint.strong.save_pretrained(output_dir, selected_adapters=adapters, **strong_sd)  # weak -> weak/
-        else:
-            joint.strong.save_pretrained(output_dir, **strong_sd)
-            if with_weak:
-                weak_sd = {"state_dict": parts["weak"]} if parts["weak"] else {}
-                joint.weak.save_pretrained(os.path.join(output_dir, WEAK_SUBDIR), **weak_sd)
-        if self.processing_class is not None:
-            self.processing_class.save_pretrained(output_dir)
-        torch.save(self.args, os.path.join(output_dir, "training_args.bin"))
+    def evaluate(self, eval_dataset=None, ignore_keys=None, metric_key_prefix: str = "eval"):
+        with self._trainer_scope():
+            return super().evaluate(eval_dataset=eval_dataset, ignore_keys=ignore_keys,
+                                    metric_key_prefix=metric_key_prefix)
 
-    def save_model(self, output_dir: str | None = None, _internal_call: bool = False):
-        """The strong model only (``save_pretrained``-compatible). Under DeepSpeed ZeRO-3 its partitioned weights are
-        gathered from every process (collective: call on all of them) and written by the main process."""
-        if _internal_call or not self.is_deepspeed_enabled:
-            return super().save_model(output_dir, _internal_call=_internal_call)
-        output_dir = output_dir if output_dir is not None else self.args.output_dir
-        joint = self.accelerator.unwrap_model(self.model)
-        state_dict = full_state_dict(joint.strong, self.accelerator)
-        if self.args.should_save:
-            self._save(output_dir, state_dict={f"strong.{k}": v for k, v in state_dict.items()} if state_dict else None)
-        self.accelerator.wait_for_everyone()
+    def predict(self, test_dataset, ignore_keys=None, metric_key_prefix: str = "test"):
+        with self._trainer_scope():
+            return super().predict(test_dataset, ignore_keys=ignore_keys, metric_key_prefix=metric_key_prefix)
 
-    def _load_from_checkpoint(self, resume_from_checkpoint, model=None):
-        if self.is_deepspeed_enabled or self.is_fsdp_enabled:  # the engine's / FSDP's own format of the JointModel
-            return super()._load_from_checkpoint(resume_from_checkpoint, model)
-        joint = self.accelerator.unwrap_model(self.model)
-        if joint.adapters:
-            from peft import set_peft_model_state_dict
-            from peft.utils import load_peft_weights
+    def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
+        """SFT's ``log``; the phase-2 statistics (``wmss/*``) join the run's first log entry (whichever it is: a
+        training step, an evaluation, or the final summary), so ``state.log_history`` has SFT's entries and steps."""
+        pending, self._pending_selection_log = self._pending_selection_log, None
+        if pending:
+            logs.update(pending)  # in place, like SFT's own metrics: evaluate() returns this dict
+        super().log(logs, start_time)
 
-            set_peft_model_state_dict(joint.strong, load_peft_weights(resume_from_checkpoint),
-                                      adapter_name=STRONG_ADAPTER)
-            weak_dir = os.path.join(resume_from_checkpoint, WEAK_ADAPTER)
-            set_peft_model_state_dict(joint.strong, load_peft_weights(weak_dir), adapter_name=WEAK_ADAPTER)
-        else:
-            _load_weights(joint.strong, resume_from_checkpoint)
-            _load_weights(joint.weak, os.path.join(resume_from_checkpoint, WEAK_SUBDIR))
+    def _apply_liger_kernel(self):
+        """``use_liger_kernel``: Liger's layer kernels on the strong model and on a separate weak model (the same
+        call as Transformers' on SFT's model; TRL keeps Liger's fused linear cross entropy off, as WMSS needs)."""
+        from transformers.integrations.liger import apply_liger_kernel
 
-    def _load_best_model(self):
-        if self.is_deepspeed_enabled or self.is_fsdp_enabled:
-            return super()._load_best_model()
-        logger.info(f"Loading best model from {self.state.best_model_checkpoint} (score: {self.state.best_metric}).")
-        self._load_from_checkpoint(self.state.best_model_checkpoint)
+        joint = self.joint_model
+        for m in (joint.strong,) + (() if joint.adapters else (joint.weak,)):
+            apply_liger_kernel(m, self.args.liger_kernel_config)
+
+    def _weak_neftune(self):
+        """``neftune_noise_alpha``: Transformers hooks the input embeddings of ``self.model`` (the strong model's,
+        through :meth:`JointModel.get_input_embeddings`); a separate weak model gets the same noise on its own, so both
+        branches see noisy embeddings as in the adapters layout (one shared embedding). Returns the hook handle."""
+        joint = self.joint_model
+        if self.neftune_noise_alpha is None or joint.adapters or joint.lam == 1.0:
+            return None
+        from transformers.integrations.neftune import neftune_post_forward_hook
+
+        embeddings = joint.weak.get_input_embeddings()
+        embeddings.neftune_noise_alpha = self.neftune_noise_alpha
+        return embeddings.register_forward_hook(neftune_post_forward_hook)
 
     # ------------------------------------------------------------------ loss and metrics
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
-        """Training: the mixed CE (normalised like SFT's loss). Evaluation: the strong model's own CE, so that
-        ``eval_loss`` means the same as in SFT; the mixed CE is logged as ``mixed_ce`` / ``eval_mixed_ce``."""
-        mode = "train" if self.model.training else "eval"
-        joint = self.accelerator.unwrap_model(self.model)
+        """Training: :func:`~weakstrong.wmss.joint.mixed_loss` (normalised like SFT's loss), plus the strong model's
+        weighted MoE router loss as SFT adds it. Evaluation: the strong model's own loss (same ``loss_type`` / label
+        smoothing), so that ``eval_loss`` means the same as in SFT; the mixed CE is ``mixed_ce`` / ``eval_mixed_ce``."""
+        joint = self.joint_model
+        mode = "train" if joint.training else "eval"
         joint.register_zero3_heads()
         out = model(**inputs)
-        # one value per process, summed: token-weighted means across processes
-        sums = self.accelerator.gather(torch.stack([
-            out.num_tokens.float(), out.loss_sum.detach().float(), out.strong_nll_sum, out.weak_nll_sum,
-            out.strong_entropy_sum, out.weak_entropy_sum]).reshape(1, -1)).reshape(-1, 6).sum(0)
-        n = sums[0].clamp(min=1)
-        metrics = self._metrics[mode]
-        metrics["mixed_ce"].append((sums[1] / n).item())
-        metrics["strong_ce"].append((sums[2] / n).item())
-        metrics["entropy"].append((sums[4] / n).item())  # TRL's name: the trained (strong) model's entropy
-        if joint.lam < 1.0:
-            metrics["weak_ce"].append((sums[3] / n).item())
-            metrics["weak_entropy"].append((sums[5] / n).item())
+        self._log_joint_metrics(mode, out, joint)
         local_n = out.num_tokens.clamp(min=1)
         if mode == "train":
             denom = num_items_in_batch if num_items_in_batch is not None else local_n
@@ -457,9 +492,31 @@ class WMSSTrainer(SFTTrainer):
                 loss = loss * self.accelerator.num_processes
             self._total_train_tokens += _count_tokens(inputs, self.accelerator)
         else:
-            loss = out.strong_nll_sum / local_n
-        metrics["num_tokens"] = [self._total_train_tokens]
+            loss = out.strong_loss_sum / local_n
+        if out.aux_loss is not None:  # as SFTTrainer (eval too): a per-micro-batch mean, averaged over accumulation
+            steps = self.current_gradient_accumulation_steps if num_items_in_batch is not None else 1
+            loss = loss + self.router_aux_loss_coef * out.aux_loss / steps
+        self._metrics[mode]["num_tokens"] = [self._total_train_tokens]
         return (loss, out) if return_outputs else loss
+
+    def _log_joint_metrics(self, mode: str, out, joint) -> None:
+        """Token-weighted means across processes of the pass's statistics (SFT's names for the strong model's:
+        ``entropy``, ``mean_token_accuracy``, ``aux_loss``; WMSS's own: ``mixed_ce``, ``strong_ce``, ``weak_ce``,
+        ``weak_entropy``)."""
+        sums = self.accelerator.gather(torch.stack([
+            out.num_tokens.float(), out.mixed_ce_sum, out.strong_nll_sum, out.weak_nll_sum,
+            out.strong_entropy_sum, out.weak_entropy_sum, out.strong_top1_sum]).reshape(1, -1)).reshape(-1, 7).sum(0)
+        n = sums[0].clamp(min=1)
+        metrics = self._metrics[mode]
+        metrics["mixed_ce"].append((sums[1] / n).item())
+        metrics["strong_ce"].append((sums[2] / n).item())
+        metrics["entropy"].append((sums[4] / n).item())  # TRL's name: the trained (strong) model's entropy
+        metrics["mean_token_accuracy"].append((sums[6] / n).item())  # TRL's name and definition, strong model
+        if joint.lam < 1.0:
+            metrics["weak_ce"].append((sums[3] / n).item())
+            metrics["weak_entropy"].append((sums[5] / n).item())
+        if out.aux_loss is not None:
+            metrics["aux_loss"].append(self.accelerator.gather_for_metrics(out.aux_loss.detach()).mean().item())
 
     def prediction_step(self, model, inputs, prediction_loss_only, ignore_keys=None):
         """``eval_loss`` = the strong model's CE; with ``compute_metrics``, the strong model's logits and labels."""
@@ -481,78 +538,3 @@ def _count_tokens(inputs, accelerator) -> int:
     else:
         local = torch.tensor(inputs["input_ids"].numel(), device=inputs["input_ids"].device)
     return int(accelerator.gather(local.reshape(1)).sum().item())
-
-
-def _split_state_dict(state_dict: dict) -> dict:
-    """A JointModel state dict (``strong.*`` / ``weak.*``) split by branch; any other dict is the strong model's."""
-    if not any(k.startswith("strong.") for k in state_dict):
-        return {"strong": state_dict, "weak": None}
-    parts = {"strong": {}, "weak": {}}
-    for k, v in state_dict.items():
-        head, _, rest = k.partition(".")
-        if head in parts:
-            parts[head][rest] = v
-    return {k: v or None for k, v in parts.items()}
-
-
-def _load_weights(model, folder: str):
-    """Load a ``save_pretrained`` folder's weights into an existing model (tied weights may be absent)."""
-    from safetensors.torch import load_file
-
-    index = os.path.join(folder, "model.safetensors.index.json")
-    if os.path.isfile(index):
-        with open(index) as f:
-            files = sorted(set(json.load(f)["weight_map"].values()))
-    else:
-        files = ["model.safetensors"]
-    state = {}
-    for name in files:
-        state.update(load_file(os.path.join(folder, name)))
-    missing, unexpected = model.load_state_dict(state, strict=False)
-    tied = set(getattr(model, "_tied_weights_keys", None) or [])
-    missing = [k for k in missing if k not in tied and not k.endswith("lm_head.weight")]
-    if missing or unexpected:
-        raise RuntimeError(f"checkpoint {folder} does not match the model: missing {missing[:5]}, unexpected {unexpected[:5]}")
-
-
-def _full_shape(param) -> torch.Size:
-    """A parameter's shape, also when ZeRO-3 has partitioned it (``ds_shape``)."""
-    return getattr(param, "ds_shape", None) or param.shape
-
-
-def _zero3_params(module) -> list:
-    return [p for p in module.parameters() if hasattr(p, "ds_id")]
-
-
-@contextlib.contextmanager
-def gathered_for_forward(module):
-    """Make a module whose parameters ZeRO-3 partitioned usable in plain forwards on one process.
-
-    Phase 2 runs before the training engine exists and each process measures its own rows, so the full parameters
-    are gathered once (read-only, ``modifier_rank=None``) for the whole pass and re-partitioned afterwards. A no-op
-    for ordinary parameters (one process, DDP, ZeRO-1/2).
-    """
-    params = _zero3_params(module)
-    if not params:
-        yield module
-        return
-    import deepspeed
-
-    with deepspeed.zero.GatheredParameters(params, modifier_rank=None):
-        yield module
-
-
-def full_state_dict(model, accelerator) -> dict | None:
-    """The model's full state dict (clones, on CPU) when ZeRO-3 partitioned it, else ``None`` (use the model's own).
-
-    Collective: every process must call it.
-    """
-    params = _zero3_params(model)
-    if not params:
-        return None
-    import deepspeed
-
-    with deepspeed.zero.GatheredParameters(params, modifier_rank=None):
-        if accelerator.is_main_process:
-            return {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
-    return None
