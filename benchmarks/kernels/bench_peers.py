@@ -64,10 +64,12 @@ COLUMNS = ["task", "provider", "mode", "N", "H", "V", "dtype", "p50_ms", "p25_ms
            "threads", "timestamp"]
 
 
-def _version(mod):
+def _version(dist):
+    from importlib.metadata import PackageNotFoundError, version
+
     try:
-        return __import__(mod).__version__
-    except Exception:  # noqa: BLE001
+        return version(dist)
+    except PackageNotFoundError:
         return "not installed"
 
 
@@ -295,7 +297,7 @@ def measure(shape, dtype_name, device, reps, modes, provs, log=print):
 # ----------------------------------------------------------------------------------------------------------
 def write_csv(path, rows, device, threads):
     meta = {"device_name": C.device_name(device), "torch": torch.__version__, "trl": _version("trl"),
-            "liger_kernel": _version("liger_kernel"), "threads": threads if device == "cpu" else "",
+            "liger_kernel": _version("liger-kernel"), "threads": threads if device == "cpu" else "",
             "timestamp": _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")}
     with open(path, "w", newline="") as f:
         w = csv.DictWriter(f, fieldnames=COLUMNS)
@@ -350,6 +352,24 @@ def plot(path, rows, title):
     plt.close(fig)
 
 
+def replot(path):
+    with open(path) as f:
+        rows = list(csv.DictReader(f))
+    for r in rows:
+        for k in ("N", "H", "V"):
+            r[k] = int(r[k])
+        for k in ("p50_ms", "p25_ms", "p75_ms", "peak_mib"):
+            if r[k] in ("", None):
+                del r[k]
+            else:
+                r[k] = float(r[k])
+    r0 = rows[0]
+    title = (f"ours vs TRL {r0['trl']} / Liger {r0['liger_kernel']} / eager on {r0['device_name']}"
+             + (f", {r0['threads']} thread(s), {r0['reps']} reps" if r0["threads"] else ""))
+    plot(os.path.splitext(path)[0] + ".png", rows, title)
+    return rows
+
+
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--device", choices=["cpu", "cuda"], default="cuda" if torch.cuda.is_available() else "cpu")
@@ -360,7 +380,10 @@ def main(argv=None):
     ap.add_argument("--reps", type=int, default=7, help="CPU timed calls per provider and mode")
     ap.add_argument("--threads", type=int, default=1, help="CPU intra-op threads")
     ap.add_argument("--out", default=C.RESULTS)
+    ap.add_argument("--replot", metavar="CSV", help="only redraw the plot of a CSV this script wrote")
     args = ap.parse_args(argv)
+    if args.replot:
+        return replot(args.replot)
     cuda = args.device == "cuda"
     if cuda and not torch.cuda.is_available():
         sys.exit("--device cuda requested but torch.cuda.is_available() is False")
@@ -376,7 +399,7 @@ def main(argv=None):
     os.makedirs(args.out, exist_ok=True)
     stem = os.path.join(args.out, f"peers_{args.device}-{C.slug(C.device_name(args.device))}")
     rows = []
-    title = (f"ours vs TRL {_version('trl')} / Liger {_version('liger_kernel')} / eager on {C.device_name(args.device)}"
+    title = (f"ours vs TRL {_version('trl')} / Liger {_version('liger-kernel')} / eager on {C.device_name(args.device)}"
              + ("" if cuda else f", {args.threads} thread(s), {args.reps} reps"))
     for shape in shapes:
         for dt in dtypes:
