@@ -364,8 +364,9 @@ def replot(path):
             else:
                 r[k] = float(r[k])
     r0 = rows[0]
+    reps = "/".join(sorted({r["reps"] for r in rows if r["reps"] not in ("", "0")}))
     title = (f"ours vs TRL {r0['trl']} / Liger {r0['liger_kernel']} / eager on {r0['device_name']}"
-             + (f", {r0['threads']} thread(s), {r0['reps']} reps" if r0["threads"] else ""))
+             + (f", {r0['threads']} thread(s), {reps} reps" if r0["threads"] else ""))
     plot(os.path.splitext(path)[0] + ".png", rows, title)
     return rows
 
