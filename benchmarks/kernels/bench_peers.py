@@ -405,9 +405,10 @@ def main(argv=None):
     for shape in shapes:
         for dt in dtypes:
             print(f"[peers] N={shape[0]} H={shape[1]} V={shape[2]} {dt}", flush=True)
-            rows += measure(shape, dt, args.device, args.reps, args.modes, provs)
-            write_csv(stem + ".csv", rows, args.device, args.threads)
-            plot(stem + ".png", rows, title)
+            for task in dict.fromkeys(p.task for p in provs):  # CSV + plot after each task: a cut run keeps them
+                rows += measure(shape, dt, args.device, args.reps, args.modes, [p for p in provs if p.task == task])
+                write_csv(stem + ".csv", rows, args.device, args.threads)
+                plot(stem + ".png", rows, title)
     print("wrote", stem + ".csv", stem + ".png")
     return rows
 
