@@ -11,10 +11,14 @@ Steps (each a subprocess with its own time limit; a failed step is recorded and 
    against TRL 1.16's own Triton kernel (``trl`` provider) and Liger (``liger``; a missing Liger is said so in
    the CSV), torch eager and torch.compile.
 3. ``copy``:   a device-to-device copy of 2 GiB timed with ``triton.testing.do_bench``: the bandwidth limit.
+3b. ``peers``: ``benchmarks/kernels/bench_peers.py`` at 8,192 tokens x 896 -> 151,936 in bf16: our hidden-state
+   and logits-level ops against TRL 1.16's ``ChunkedLogProbFunction``, Triton ``selective_log_softmax_and_entropy``
+   and ``ChunkedDivergenceFunction``, Liger's fused linear CE and eager, same inputs, values against float64.
 4. ``wmss``:   a 20-step WMSS run in bf16 on the embedded model through the CLI
    (``weakstrong wmss --config recipes/wmss/config.yaml`` with overrides), its console log kept.
 5. ``summary``: ratios from the CSVs (forward bandwidth as a share of the copy, speed-up over TRL's kernel,
-   mixed CE fwd+bwd speed-up and peak memory against torch eager) -> ``summary_<device>.csv`` and stdout.
+   mixed CE fwd+bwd speed-up and peak memory against torch eager; the peers' times beside the time the copy
+   bandwidth needs to read the bf16 logits once) -> ``summary_<device>.csv`` and stdout.
 
 Everything lands in ``--out`` (default ``benchmarks/kernels/results/gpu_<device>/``).  Without CUDA it stops at
 once with exit status 2 and says why.
@@ -35,10 +39,12 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 BENCH = ROOT / "benchmarks" / "kernels"
-STEPS = ("tests", "bench", "copy", "wmss", "summary")
+STEPS = ("tests", "bench", "copy", "peers", "wmss", "summary")
 SWEEP = ["--tokens", "2048", "8192", "--vocab", "151936", "--dtypes", "bf16"]
 #: seconds per step (sum ≤ the 8-minute budget; the summary is instant)
-LIMITS = {"tests": 100, "bench": 240, "copy": 30, "wmss": 100}
+LIMITS = {"tests": 100, "bench": 180, "copy": 30, "peers": 60, "wmss": 100}
+#: the side-by-side shape (Qwen2.5-0.5B head; tokens, hidden, vocabulary) and dtype of the ``peers`` step
+PEERS_SHAPE = (8192, 896, 151_936)
 
 
 class NoCuda(SystemExit):
@@ -152,6 +158,33 @@ def summarize(out: Path, dev_slug: str, copy_gbs: float | None, tokens: int = 81
     rows.append({"target": "mixed_ce fwd+bwd peak memory / torch eager (<= 1/3)", "value": ours_m / eager_m if ours_m and eager_m else None})
     for r in rows:
         r.update(tokens=tokens, V=vocab, dtype="bf16")
+    return rows + summarize_peers(out, dev_slug, copy_gbs)
+
+
+def summarize_peers(out: Path, dev_slug: str, copy_gbs: float | None, shape=PEERS_SHAPE, dtype="bf16") -> list[dict]:
+    """bench_peers.py's times (ms, p50) at ``shape``, the speed-ups of ours over TRL's and Liger's, and beside
+    them the copy-bandwidth floor: reading the logits once (N x V x 2 bytes) at the measured copy rate."""
+    n, h, v = shape
+    table = {}
+    for r in _read(out / f"peers_cuda-{dev_slug}.csv"):
+        if (r["N"], r["H"], r["V"], r["dtype"]) == (str(n), str(h), str(v), dtype):
+            try:
+                t = float(r["p50_ms"])
+            except ValueError:
+                t = math.nan
+            table[(r["task"], r["provider"], r["mode"])] = None if math.isnan(t) else t
+    rows = [{"target": "logits read once at copy bandwidth, ms (the floor of a logits-level forward)",
+             "value": n * v * 2 / (copy_gbs * 1e9) * 1e3 if copy_gbs else None}]
+    for (task, prov, mode), t in table.items():
+        rows.append({"target": f"peers {task} {prov} {mode} ms", "value": t})
+    pairs = [("logp_entropy", "weakstrong_linear", "trl_chunked"), ("logp_entropy", "weakstrong_logits", "trl_triton"),
+             ("ce", "weakstrong_linear", "liger_flce"), ("two_heads", "weakstrong_linear", "trl_divergence")]
+    for task, ours, peer in pairs:
+        for mode in ("fwd", "full"):
+            a, b = table.get((task, ours, mode)), table.get((task, peer, mode))
+            rows.append({"target": f"peers {task} {mode}: {ours} speed-up over {peer}", "value": b / a if a and b else None})
+    for r in rows:
+        r.update(tokens=n, V=v, dtype=dtype)
     return rows
 
 
@@ -193,6 +226,10 @@ def main(argv=None) -> int:
         except Exception as exc:  # noqa: BLE001 - recorded, the check goes on
             steps.append({"step": "copy", "rc": f"{type(exc).__name__}: {exc}"[:200], "seconds": 0, "log": ""})
         print(f"[copy] {steps[-1]}")
+    if "peers" not in args.skip:
+        cmd = [sys.executable, str(BENCH / "bench_peers.py"), "--device", "cuda", "--shapes",
+               "x".join(map(str, PEERS_SHAPE)), "--dtypes", "bf16", "--out", str(out)]
+        steps.append(_run("peers", cmd, limit("peers"), out, env))
     if "wmss" not in args.skip:
         wdir = out / "wmss_run"
         shutil.rmtree(wdir, ignore_errors=True)

@@ -78,3 +78,23 @@ def test_summary_ratios_from_csvs(gc, tmp_path):
     back = list(csv.DictReader(open(path)))
     assert len(back) == len(rows) and back[0]["device_name"] == "NVIDIA H200 (fake)"
     assert path.name == "summary_nvidia-h200-fake.csv"
+
+
+def test_summary_peers_beside_the_copy_floor(gc, tmp_path):
+    dev = gc.slug("NVIDIA H200 (fake)")
+    n, h, v = gc.PEERS_SHAPE
+    cols = ["task", "provider", "mode", "N", "H", "V", "dtype", "p50_ms"]
+    with open(tmp_path / f"peers_cuda-{dev}.csv", "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=cols)
+        w.writeheader()
+        for task, prov, mode, t in [("logp_entropy", "weakstrong_linear", "full", 40.0),
+                                    ("logp_entropy", "trl_chunked", "full", 50.0),
+                                    ("ce", "liger_flce", "full", "nan")]:
+            w.writerow(dict(zip(cols, (task, prov, mode, n, h, v, "bf16", t))))
+    got = {r["target"]: r["value"] for r in gc.summarize_peers(tmp_path, dev, copy_gbs=4000.0)}
+    assert got["logits read once at copy bandwidth, ms (the floor of a logits-level forward)"] == pytest.approx(
+        n * v * 2 / 4e12 * 1e3)
+    assert got["peers logp_entropy full: weakstrong_linear speed-up over trl_chunked"] == pytest.approx(1.25)
+    assert got["peers ce full: weakstrong_linear speed-up over liger_flce"] is None  # missing: no ratio
+    assert got["peers logp_entropy trl_chunked full ms"] == 50.0
+
