@@ -26,7 +26,8 @@ What the default gate covers (``DEFAULT_CASES``), each through the public API:
   ``logits[:, -1024:]`` of ``[1, 1025, V]``, whose base pointer is not 16-byte aligned at odd V (Triton then
   drops the pointer's alignment attribute: narrower vector loads, more registers);
 * the hidden-state ops at both vocabularies with ``chunk_size`` set to the token chunk their wrapper picks on
-  a CUDA device (``kernels.linear.default_token_chunk``: 832 tokens at V = 151,936, 2,624 at 50,257).
+  a CUDA device (one ``[token chunk, vocab tile]`` tile of ``kernels.linear.CUDA_CHUNK_ELEMENTS``: 4,096 tokens
+  x 32,768 vocabulary rows at both).
 
 It fails on a compile error, on any spill, and on a variant at the register limit of its warp count
 (:func:`register_limit`: ptxas caps a thread at ``65536 / (32 * num_warps)`` registers, at most 255; a variant
@@ -97,13 +98,13 @@ def _logits(case: str, vocab: int, dtype, grad: bool = True):
 
 
 def gpu_token_chunk(vocab: int, cap: int = 8192) -> int:
-    """Tokens per chunk the hidden-state wrappers use on a CUDA device at ``vocab`` (their own heuristic),
-    capped at ``cap`` tokens (a tiny vocabulary would otherwise ask for millions of rows)."""
+    """Tokens per chunk the hidden-state wrappers use on a CUDA device at ``vocab`` (their own heuristic: one
+    ``[token chunk, vocab tile]`` tile of ``CUDA_CHUNK_ELEMENTS``), capped at ``cap`` tokens."""
     import torch
 
-    from .linear import default_token_chunk
+    from .linear import _chunks
 
-    return default_token_chunk(cap, vocab, torch.device("cuda"))
+    return _chunks(0, 0, cap, vocab, torch.device("cuda"))[0]
 
 
 def same_specialisation_rows(rows: int) -> int:
@@ -111,8 +112,8 @@ def same_specialisation_rows(rows: int) -> int:
 
     Triton specialises an integer argument only on ``== 1`` and on divisibility by 16; the launches of the
     hidden-state ops take R = rows, batch stride rows * V and row stride V.  So a 16-row chunk compiles to the
-    same binary as an 832-row one (both multiples of 16), and the gate records it without building an
-    832 x V logits chunk on the CPU (tests/kernels/test_compile_gate.py checks the two variant keys match)."""
+    same binary as a 4,096-row one (both multiples of 16), and the gate records it without building a
+    4,096 x V logits chunk on the CPU (tests/kernels/test_compile_gate.py checks the two variant keys match)."""
     if rows == 1 or rows % 16:
         return rows
     return 16

@@ -449,7 +449,7 @@ def mixed_ce_triton(ra: RowView, rb: RowView, labels, lam, ignore_index, want_st
     aux = torch.empty(n if want_stats else 0, len(AUX_FIELDS), dtype=torch.float32, device=dev)
     if n == 0:
         return loss, stats, aux
-    block, warps = block_config(v)
+    block, warps = block_config(v, streams=2)  # two logit streams: half the block keeps register headroom
     args = (
         *ra.kernel_args(),
         *rb.kernel_args(),
@@ -471,7 +471,7 @@ def mixed_ce_grad_triton(ra: RowView, rb: RowView, labels, lam, ignore_index, st
     n, v = ra.n, ra.v
     if n == 0 or (ga is None and gb is None):
         return
-    block, warps = block_config(v)
+    block, warps = block_config(v, streams=2)  # two logit streams: half the block keeps register headroom
     args = (
         *ra.kernel_args(),
         *rb.kernel_args(),

@@ -12,13 +12,7 @@ def _f64(logits, idx, temperature=1.0):
     return lp.gather(-1, idx[..., None])[..., 0], -(lp.exp() * lp).sum(-1)
 
 
-_DEFECT_1 = pytest.mark.xfail(
-    strict=True, raises=RuntimeError,
-    reason="issue 22 defect 1: the op saves the entropy it returns for backward (kernels/entropy.py), so an "
-    "in-place edit raises 'modified by an inplace operation'; remove this marker with the fix in entropy.py")
-
-
-@pytest.mark.parametrize("which", ["logp", pytest.param("entropy", marks=_DEFECT_1)])
+@pytest.mark.parametrize("which", ["logp", "entropy"])
 def test_output_edited_in_place_before_backward(backend, which):
     """TRL's kernel test writes into an output before backward; the gradient must be that of the edited loss."""
     g = torch.Generator().manual_seed(0)
