@@ -430,7 +430,12 @@ def run(script, config, model_args) -> dict:
 def _copy_final(final: str, target: str, is_main: bool) -> None:
     import shutil
 
+    from accelerate import PartialState
+
+    PartialState().wait_for_everyone()  # every process has finished writing the final model (ZeRO-3 gathers it)
     if is_main:
+        if not any(os.path.isfile(os.path.join(final, n)) for n in os.listdir(final)):
+            raise RuntimeError(f"the final model folder {final} has no files to copy to --final_dir {target}")
         os.makedirs(target, exist_ok=True)
         for name in os.listdir(final):
             if os.path.isfile(os.path.join(final, name)):

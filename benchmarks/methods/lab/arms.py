@@ -253,7 +253,7 @@ def run_arm(cfg: LabConfig, seed: int, name: str, work: str, log=print) -> dict:
                 # round r > 1: scored at the end of the previous round; a pretrained model's M1 is scored once, by
                 # sft_p3 (it is the same M1 for every arm, and one evaluation costs a CPU-minute there)
                 evals.pop(0, None)
-            ev = EvalAtSteps(evals, data.test, data.train_probe, get_model=lambda joint: joint.strong)
+            ev = EvalAtSteps(evals, data.test, data.train_probe)  # callbacks get the strong (user's) model
             args = sft_args(cfg, os.path.join(out_dir, f"round-{r}"), seed, config_cls=WMSSConfig,
                             max_steps=steps_r, mix_lambda=arm.mix_lambda, selection=arm.selection,
                             freeze_weak=arm.freeze_weak, weight_formula=arm.weight_formula,
