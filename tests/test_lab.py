@@ -329,3 +329,39 @@ def test_tiny_lab_run_control_arms(tmp_path):
         assert rows[r]["train_steps"] == cfg.budget_steps
     for r in rows.values():
         assert 0 <= r["pass@1_T1"] <= r["pass@4_T1"] <= r["pass@16_T1"] <= 1
+
+
+def test_merge_only_the_named_arms(tmp_path):
+    """``merge --arms``: rows of other arms in the source folder stay out (the controls fold in the claim test's
+    rows of chosen arms)."""
+    import csv
+    import json
+    import shutil
+    import subprocess
+
+    claim = ROOT / "benchmarks" / "methods" / "lab" / "results" / "claim"
+    rows = list(csv.DictReader(open(claim / "rows.csv")))
+    curves = list(csv.DictReader(open(claim / "curves.csv")))
+    correct = [json.loads(line) for line in open(claim / "correct.jsonl")]
+    from benchmarks.methods.lab.report import write_csv
+
+    def folder(name, arms, seeds):
+        d = tmp_path / name
+        d.mkdir()
+        shutil.copy(claim / "lab_config.json", d / "lab_config.json")
+        keep = lambda r: r["arm"] in arms and int(r["seed"]) in seeds  # noqa: E731
+        write_csv(d / "rows.csv", [r for r in rows if keep(r)])
+        write_csv(d / "curves.csv", [c for c in curves if keep(c)])
+        (d / "correct.jsonl").write_text("".join(json.dumps(c) + "\n" for c in correct if keep(c)))
+        return d
+
+    out = folder("out", {"sft_p3"}, {0, 1})
+    src = folder("src", {"wmss", "frozen", "sft_p3"}, {0, 1, 2})
+    subprocess.run([sys.executable, "-m", "benchmarks.methods.lab", "merge", "--out", str(out), str(src), "--arms",
+                    "wmss"], cwd=ROOT, check=True, capture_output=True, env={**__import__("os").environ,
+                                                                             "MPLBACKEND": "Agg"})
+    merged = {(r["arm"], int(r["seed"])) for r in csv.DictReader(open(out / "rows.csv"))}
+    assert merged == {("sft_p3", 0), ("sft_p3", 1), ("wmss", 0), ("wmss", 1), ("wmss", 2)}
+    assert {(c["arm"], c["seed"]) for c in map(json.loads, open(out / "correct.jsonl"))} == \
+        {(a, s) for a, s in merged}
+    assert "wmss − sft_p3" in (out / "report.md").read_text()

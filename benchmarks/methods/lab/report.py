@@ -471,31 +471,44 @@ def plot_regimes(rows, curves, path):
 
 
 def plot_controls(rows, path):
-    """The reviewers' controls: accuracy of each arm − sft_p3 (paired 95% t-CI), and pass@k − sft_p3 along k at
-    each sampling temperature."""
+    """The reviewers' controls: accuracy of each arm − sft_p3 (paired 95% t-CI; whiskers beyond the axis are cut and
+    marked with an arrow), and pass@k − sft_p3 along k at each sampling temperature (the SFT schedule arms, whose
+    differences are an order of magnitude larger, are left to report.md there)."""
     plt = _plt()
     acc = by_arm_seed(rows)
     arms = [a for a in ("wmss", "frozen", "temp_only", "shuffled", "entropy_matched", LS, "sft_total", "sft_same")
             if paired(acc, a, "sft_p3")[0] is not None]
-    fig, ax = plt.subplots(1, 1 + len(PASS_TEMPERATURES), figsize=(5 + 4.5 * len(PASS_TEMPERATURES), 4.5))
+    fig, ax = plt.subplots(1, 1 + len(PASS_TEMPERATURES), figsize=(5.5 + 4.5 * len(PASS_TEMPERATURES), 4.8))
+    cis = {a: paired(acc, a, "sft_p3") for a in arms}
+    est = [100 * cis[a][0].estimate for a in arms]
+    lo, hi = min(min(est) - 3, -3), max(max(est) + 3, 3)
     for j, a in enumerate(arms):
-        ci, seeds = paired(acc, a, "sft_p3")
-        ax[0].errorbar([100 * ci.estimate], [j], xerr=[100 * ci.half_width], fmt="o", capsize=3, color=f"C{j}")
+        ci = cis[a][0]
+        left, right = max(100 * ci.low, lo), min(100 * ci.high, hi)
+        ax[0].plot([left, right], [j, j], color=f"C{j}", lw=1.5)
+        ax[0].plot([100 * ci.estimate], [j], "o", color=f"C{j}")
+        for cut, edge, mark in ((100 * ci.low < lo, lo, "<"), (100 * ci.high > hi, hi, ">")):
+            if cut:
+                ax[0].plot([edge], [j], mark, color=f"C{j}", ms=7)
+    ax[0].set_xlim(lo - 0.5, hi + 0.5)
     ax[0].set_yticks(range(len(arms)))
-    ax[0].set_yticklabels([f"{a} ({len(paired(acc, a, 'sft_p3')[1])} seeds)" for a in arms], fontsize=8)
+    ax[0].set_yticklabels([f"{a} ({len(cis[a][1])} seeds)" for a in arms], fontsize=8)
     ax[0].axvline(0, color="grey", lw=1)
     ax[0].set_xlabel("arm − sft_p3, exact match (points)")
-    ax[0].set_title("Accuracy (greedy) vs SFT, paired 95% t-CI", fontsize=10)
+    ax[0].set_title("Greedy accuracy − SFT (paired 95% t-CI)", fontsize=10)
+    small = [a for a in arms if a not in ("sft_total", "sft_same")]
     for i, t in enumerate(PASS_TEMPERATURES):
         a1 = ax[1 + i]
         for j, a in enumerate(arms):
+            if a not in small:
+                continue
             xs, ms, hs = [], [], []
             for k in PASS_KS:
                 key = pass_key(k, t)
                 v = by_arm_seed([r for r in rows if r.get(key) not in (None, "")], key)
                 ci, _ = paired(v, a, "sft_p3")
                 if ci is not None:
-                    xs.append(k * (1 + 0.04 * (j - len(arms) / 2)))
+                    xs.append(k * (1 + 0.05 * (j - len(small) / 2)))
                     ms.append(100 * ci.estimate)
                     hs.append(100 * ci.half_width)
             if xs:
@@ -503,10 +516,11 @@ def plot_controls(rows, path):
         a1.set_xscale("log", base=2)
         a1.set_xticks(PASS_KS, [str(k) for k in PASS_KS])
         a1.axhline(0, color="grey", lw=1)
-        a1.set_xlabel("k")
+        a1.set_xlabel("k (samples)")
         a1.set_ylabel("arm − sft_p3, pass@k (points)")
-        a1.set_title(f"pass@k at sampling temperature {t:g} vs SFT (paired 95% t-CI)", fontsize=10)
-        a1.legend(fontsize=7)
+        a1.set_title(f"pass@k − SFT, sampling at T = {t:g}", fontsize=10)
+        if a1.get_legend_handles_labels()[0]:
+            a1.legend(fontsize=7)
     for a in ax:
         a.grid(alpha=0.3)
     fig.tight_layout()
