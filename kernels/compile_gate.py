@@ -42,6 +42,7 @@ from __future__ import annotations
 
 import argparse
 import concurrent.futures
+import contextlib
 import itertools
 import json
 import os
@@ -204,10 +205,7 @@ def collect(vocabs=None, full: bool = False, cases=None) -> list[dict]:
     from . import _launch as L
 
     seen, out = set(), []
-    saved = (L.FORCE_GPU_CONFIG, L.FORCE_FUSED_REDUCE, os.environ.get("WEAKSTRONG_KERNELS"))
-    L.FORCE_GPU_CONFIG = L.FORCE_FUSED_REDUCE = True
-    os.environ["WEAKSTRONG_KERNELS"] = "triton"
-    try:
+    with gpu_launch_config():
         for vocab, (vocab_cases, lams) in plan.items():
             for case, call in _api_calls(vocab, full, vocab_cases, lams):
                 with L.record_launches(execute=False) as records:
@@ -219,13 +217,26 @@ def collect(vocabs=None, full: bool = False, cases=None) -> list[dict]:
                     if key not in seen:
                         seen.add(key)
                         out.append(rec)
+    return out
+
+
+@contextlib.contextmanager
+def gpu_launch_config():
+    """Within: the Triton wrappers take their CUDA block configuration and fused reductions, and the public ops
+    dispatch to the Triton path (the interpreter records the launches a GPU would get)."""
+    from . import _launch as L
+
+    saved = (L.FORCE_GPU_CONFIG, L.FORCE_FUSED_REDUCE, os.environ.get("WEAKSTRONG_KERNELS"))
+    L.FORCE_GPU_CONFIG = L.FORCE_FUSED_REDUCE = True
+    os.environ["WEAKSTRONG_KERNELS"] = "triton"
+    try:
+        yield
     finally:
         L.FORCE_GPU_CONFIG, L.FORCE_FUSED_REDUCE = saved[:2]
         if saved[2] is None:
             os.environ.pop("WEAKSTRONG_KERNELS", None)
         else:
             os.environ["WEAKSTRONG_KERNELS"] = saved[2]
-    return out
 
 
 # ----------------------------------------------------------------------------------------------------------

@@ -169,19 +169,10 @@ def test_same_specialisation_rows_compile_like_the_real_chunk(tmp_path):
     import weakstrong.kernels._launch as L
 
     def linear_records(real_rows):
-        saved = L.FORCE_GPU_CONFIG, L.FORCE_FUSED_REDUCE, os.environ.get("WEAKSTRONG_KERNELS")
-        L.FORCE_GPU_CONFIG = L.FORCE_FUSED_REDUCE = True
-        os.environ["WEAKSTRONG_KERNELS"] = "triton"
-        try:
+        with G.gpu_launch_config():
             calls = list(G._api_calls(G.GATE_VOCAB, False, cases=(), real_rows=real_rows))
             with L.record_launches(execute=False) as recs:
                 calls[0][1]()  # bfloat16: the cheapest 4,096 x V matmul on a CPU
-        finally:
-            L.FORCE_GPU_CONFIG, L.FORCE_FUSED_REDUCE = saved[:2]
-            if saved[2] is None:
-                os.environ.pop("WEAKSTRONG_KERNELS", None)
-            else:
-                os.environ["WEAKSTRONG_KERNELS"] = saved[2]
         return recs
 
     real, proxy = linear_records(True), linear_records(False)
