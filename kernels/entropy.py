@@ -177,7 +177,7 @@ def check_index_range(index, v: int, keep=None, what: str = "index") -> None:
     first = int(pos[0, 0])
     value = int(index.reshape(-1)[first])
     raise IndexError(
-        f"{what} {value} at (flattened) position {first} is outside [0, {v}), the vocabulary size {v}: every "
+        f"{what} {value} at (flattened) position {first} is out of range [0, {v}) (the vocabulary size is {v}): every "
         f"{what} must be a token id of the LM head's vocabulary on rows that are not masked or ignored "
         f"({int(pos.shape[0])} such rows); check the label shift, the ignore_index and that the tokenizer matches "
         "the model's vocabulary"

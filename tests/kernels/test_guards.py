@@ -46,7 +46,7 @@ def test_out_of_range_target_raises_on_both_paths(backend, name, bad):
     if name.startswith(("mixed", "linear_mixed")) and bad == -100:
         fn(idx, keep)  # the ignore_index itself: allowed
         return
-    with pytest.raises(IndexError, match=rf"{bad} at \(flattened\) position 5 is outside \[0, {V}\).*size {V}"):
+    with pytest.raises(IndexError, match=rf"{bad} at \(flattened\) position 5 is out of range \[0, {V}\).*size is {V}"):
         fn(idx, keep)
 
 
@@ -130,5 +130,5 @@ def test_out_of_range_topk_index_raises(torch_backend):
     x = torch.randn(2, 3, V)
     idx = torch.randint(0, V, (2, 3, 4))
     idx[1, 0, 2] = V
-    with pytest.raises(IndexError, match=rf"index {V} at \(flattened\) position 14 is outside \[0, {V}\)"):
+    with pytest.raises(IndexError, match=rf"index {V} at \(flattened\) position 14 is out of range \[0, {V}\)"):
         selective_log_softmax(x, idx)
