@@ -53,9 +53,8 @@ def test_missing_model_package_says_how_to_install(monkeypatch):
         models.default_model_gguf()
 
 
-def test_interrupted_conversion_leaves_no_cache_that_is_later_trusted(tmp_path, monkeypatch):
-    """A crash in the middle of the conversion must leave neither the final directory nor temp debris."""
-    monkeypatch.setenv("WEAKSTRONG_CACHE", str(tmp_path))
+def _conversion_crashes(monkeypatch):
+    """Run the conversion with a loader that raises half-way, as a crash would."""
     import transformers
 
     def crash(*args, **kwargs):
@@ -64,6 +63,12 @@ def test_interrupted_conversion_leaves_no_cache_that_is_later_trusted(tmp_path, 
     monkeypatch.setattr(transformers.AutoModelForCausalLM, "from_pretrained", crash)
     with pytest.raises(RuntimeError, match="simulated crash"):
         models.default_model_path()
+
+
+def test_interrupted_conversion_leaves_no_cache_that_is_later_trusted(tmp_path, monkeypatch):
+    """A crash in the middle of the conversion must leave neither the final directory nor temp debris."""
+    monkeypatch.setenv("WEAKSTRONG_CACHE", str(tmp_path))
+    _conversion_crashes(monkeypatch)
     assert list(tmp_path.iterdir()) == []
 
 
@@ -95,14 +100,7 @@ def test_a_killed_conversion_leaves_no_temp_folder_behind(tmp_path, monkeypatch)
     older.mkdir()
     os.utime(older, (time.time() - 7200,) * 2)
     monkeypatch.setenv("WEAKSTRONG_CACHE", str(tmp_path))
-    import transformers
-
-    def crash(*args, **kwargs):
-        raise RuntimeError("simulated crash while converting")
-
-    monkeypatch.setattr(transformers.AutoModelForCausalLM, "from_pretrained", crash)
-    with pytest.raises(RuntimeError, match="simulated crash"):
-        models.default_model_path()
+    _conversion_crashes(monkeypatch)
     assert [p.name for p in tmp_path.iterdir()] == [live.name]
 
 
